@@ -1,0 +1,76 @@
+"""Configuration: presets, dotted overrides, unknown keys and wrong types rejected."""
+
+import pytest
+
+from xsmoe_ray.config import ConfigError, ExperimentConfig, dump_yaml, load_config, preset_names, valid_keys
+
+
+def test_presets_ship_and_load():
+    assert {"demo", "hm", "amazon_home", "amazon_elec"} <= set(preset_names())
+    for name in preset_names():
+        assert isinstance(load_config(name), ExperimentConfig)
+
+
+@pytest.mark.parametrize(
+    "preset, k_core, tau, layers",
+    [("hm", 10, 0.0, 6), ("amazon_home", 5, 0.15, 6), ("amazon_elec", 5, 0.0, 6)],
+)
+def test_paper_presets_hold_paper_settings(preset, k_core, tau, layers):
+    cfg = load_config(preset)
+    assert (cfg.data.k_core, cfg.model.tau, cfg.model.layers_per_group) == (k_core, tau, layers)
+    assert (cfg.data.chunks, cfg.data.max_len, cfg.data.max_words) == (10, 10, 40)
+    assert (cfg.model.d_prime, cfg.model.seq_blocks, cfg.train.batch_size) == (64, 2, 256)
+    assert (cfg.train.lr, cfg.train.lr_decay, cfg.train.lr_min, cfg.train.patience) == (1e-3, 0.95, 1e-4, 5)
+
+
+def test_dotted_overrides_are_typed():
+    cfg = load_config("demo", ["data.path=/x", "model.tau=0.1", "run.seed=3", "run.out=/tmp/r", "data.dedup=false"])
+    assert cfg.data.path == "/x" and cfg.model.tau == 0.1 and cfg.run.seed == 3
+    assert cfg.run.out == "/tmp/r" and cfg.data.dedup is False
+
+
+@pytest.mark.parametrize("bad", ["model.taux=0.1", "nope.x=1", "model=3"])
+def test_unknown_key_lists_valid_keys(bad):
+    with pytest.raises(ConfigError) as e:
+        load_config("demo", [bad])
+    assert "model.tau" in str(e.value) or "expected a mapping" in str(e.value)
+
+
+@pytest.mark.parametrize("bad", ["run.seed=abc", "model.tau=high", "data.dedup=maybe", "data.chunks=2.5"])
+def test_wrong_type_is_rejected(bad):
+    with pytest.raises(ConfigError, match=bad.split("=")[0]):
+        load_config("demo", [bad])
+
+
+@pytest.mark.parametrize("bad", ["data.format=csv", "model.variant=moe", "data.train_frac=1.5", "data.chunks=2"])
+def test_invalid_values_are_rejected(bad):
+    with pytest.raises(ConfigError):
+        load_config("demo", [bad])
+
+
+def test_yaml_file_and_round_trip(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text(dump_yaml(load_config("hm", ["model.tau=0.2"])))
+    cfg = load_config(str(f))
+    assert cfg == load_config("hm", ["model.tau=0.2"])
+
+
+def test_yaml_unknown_key_and_missing_file(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("model:\n  tua: 0.1\n")
+    with pytest.raises(ConfigError, match="model.tau"):
+        load_config(str(f))
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(str(tmp_path / "missing.yaml"))
+    with pytest.raises(ConfigError, match="presets"):
+        load_config("no_such_preset")
+
+
+def test_override_without_equals():
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config("demo", ["model.tau"])
+
+
+def test_valid_keys_cover_sections():
+    keys = valid_keys()
+    assert "data.k_core" in keys and "train.num_workers" in keys and "backbone.text" in keys

@@ -1,0 +1,298 @@
+"""Typed experiment configuration: frozen dataclasses per concern, YAML presets, dotted overrides.
+
+A run is configured by a preset (``demo`` by default, shipped in ``xsmoe_ray/configs``) or a YAML
+file, then ``key=value`` overrides such as ``data.path=/x model.tau=0.1 run.seed=3``.
+Unknown keys and values of the wrong type are errors that list what is valid, so a typo never
+silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+FORMATS = ("synthetic", "hm", "amazon", "generic")
+VARIANTS = ("xsmoe", "static", "noft", "visual", "textual", "iisan_rh", "iisan_kd")
+
+
+class ConfigError(ValueError):
+    """A configuration value or key that cannot be used."""
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Size and drift of the synthetic H&M-layout dataset (``data.format=synthetic``)."""
+
+    users: int = field(default=600, metadata={"help": "customers"})
+    items: int = field(default=300, metadata={"help": "articles"})
+    interactions: int = field(default=30_000, metadata={"help": "transactions"})
+    seed: int = field(default=0, metadata={"help": "generator seed"})
+    styles: int = field(default=6, metadata={"help": "visual style clusters"})
+    tones: int = field(default=6, metadata={"help": "text tone clusters"})
+    image_size: int = field(default=32, metadata={"help": "JPEG side in pixels"})
+
+    def __post_init__(self) -> None:
+        _require(self.users > 0 and self.items > 0 and self.interactions > 0,
+                 "synth.users, synth.items and synth.interactions must be positive")
+        _require(self.styles > 1 and self.tones > 1, "synth.styles and synth.tones must be >= 2")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset, and how it is cut into streaming windows (DESIGN.md §3-§4)."""
+
+    format: str = field(default="synthetic", metadata={"help": f"one of {FORMATS}"})
+    path: str = field(default="", metadata={"help": "dataset root (synthetic: where it is written)"})
+    category: str = field(default="", metadata={"help": "Amazon category file stem, e.g. Home_and_Kitchen"})
+    date_from: str = field(default="", metadata={"help": "keep interactions on/after YYYY-MM-DD"})
+    date_to: str = field(default="", metadata={"help": "keep interactions before YYYY-MM-DD"})
+    chunks: int = field(default=10, metadata={"help": "T+1 chunks of equal row count"})
+    k_core: int = field(default=3, metadata={"help": "per-chunk iterative k-core (users and items)"})
+    train_frac: float = field(default=0.85, metadata={"help": "first share of each chunk used for training"})
+    max_len: int = field(default=10, metadata={"help": "L, context length"})
+    max_words: int = field(default=40, metadata={"help": "words of item text kept"})
+    dedup: bool = field(default=True, metadata={"help": "drop exact duplicate (user,item,time) rows (counted)"})
+    mask_history: bool = field(default=False, metadata={"help": "mask a user's seen items when ranking"})
+
+    def __post_init__(self) -> None:
+        _require(self.format in FORMATS, f"data.format must be one of {FORMATS}, got {self.format!r}")
+        _require(self.chunks >= 3, "data.chunks must be >= 3 (warm-up, one train window, one test window)")
+        _require(self.k_core >= 1, "data.k_core must be >= 1")
+        _require(0.0 < self.train_frac < 1.0, "data.train_frac must be in (0, 1)")
+        _require(self.max_len >= 1, "data.max_len must be >= 1")
+        _require(self.max_words >= 1, "data.max_words must be >= 1")
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Frozen encoders: a Hugging Face id or a local directory; ``demo`` means the built-in tiny ones."""
+
+    text: str = field(default="demo", metadata={"help": "text encoder (HF id, local dir, 'demo' or 'none')"})
+    image: str = field(default="demo", metadata={"help": "image encoder (HF id, local dir, 'demo' or 'none')"})
+    image_size: int = field(default=224, metadata={"help": "image side fed to the encoder"})
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """Layer-output cache build (Ray Data)."""
+
+    dir: str = field(default="", metadata={"help": "cache directory (default: <run.out>/cache)"})
+    batch_size: int = field(default=64, metadata={"help": "items per encoder batch"})
+    workers: int = field(default=1, metadata={"help": "encoder actors (one GPU each when present)"})
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 1 and self.workers >= 1, "cache.batch_size and cache.workers must be >= 1")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Side network, fusion and sequence encoder (paper §4, §5.2)."""
+
+    variant: str = field(default="xsmoe", metadata={"help": f"one of {VARIANTS}"})
+    d_prime: int = field(default=64, metadata={"help": "expert bottleneck d'"})
+    layers_per_group: int = field(default=6, metadata={"help": "backbone layers per side layer"})
+    tau: float = field(default=0.0, metadata={"help": "utilization pruning threshold"})
+    embed_dim: int = field(default=64, metadata={"help": "item/user embedding size after fusion"})
+    seq_blocks: int = field(default=2, metadata={"help": "sequence-encoder Transformer blocks"})
+    seq_heads: int = field(default=2, metadata={"help": "attention heads"})
+    dropout: float = field(default=0.1, metadata={"help": "sequence-encoder dropout"})
+    replay_size: int = field(default=2048, metadata={"help": "iisan_rh reservoir size (sequences)"})
+    kd_weight: float = field(default=1.0, metadata={"help": "iisan_kd distillation weight"})
+
+    def __post_init__(self) -> None:
+        _require(self.variant in VARIANTS, f"model.variant must be one of {VARIANTS}, got {self.variant!r}")
+        _require(self.d_prime >= 1 and self.layers_per_group >= 1, "model.d_prime and model.layers_per_group must be >= 1")
+        _require(0.0 <= self.tau < 1.0, "model.tau must be in [0, 1)")
+        _require(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation per window (paper §5.2) and Ray Train scaling."""
+
+    batch_size: int = field(default=256, metadata={"help": "training batch size"})
+    lr: float = field(default=1e-3, metadata={"help": "initial learning rate, reset each window"})
+    lr_decay: float = field(default=0.95, metadata={"help": "multiplicative decay per epoch"})
+    lr_min: float = field(default=1e-4, metadata={"help": "learning-rate floor"})
+    patience: int = field(default=5, metadata={"help": "epochs without val NDCG@10 gain before stopping"})
+    max_epochs: int = field(default=50, metadata={"help": "epoch cap per window"})
+    precision: str = field(default="half", metadata={"help": "'half' (fp16 on CUDA, bf16 on CPU) or 'full'"})
+    num_workers: int = field(default=1, metadata={"help": "Ray Train workers"})
+    use_gpu: bool = field(default=False, metadata={"help": "one GPU per worker"})
+    max_failures: int = field(default=2, metadata={"help": "worker-group restarts allowed"})
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 2, "train.batch_size must be >= 2")
+        _require(self.precision in ("half", "full"), "train.precision must be 'half' or 'full'")
+        _require(self.num_workers >= 0, "train.num_workers must be >= 0")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Where a run writes and how it is seeded."""
+
+    out: str = field(default="runs/demo", metadata={"help": "run directory (local path or s3://...)"})
+    seed: int = field(default=0, metadata={"help": "global seed"})
+    name: str = field(default="xsmoe", metadata={"help": "run name"})
+    num_cpus: int = field(default=0, metadata={"help": "CPUs for a local Ray (0 = all)"})
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything one streaming run needs; ``load_config`` builds it."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("xsmoe_ray.configs").iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(source: str) -> dict[str, Any]:
+    """A preset name (``demo``) or a path to a YAML file."""
+    path = Path(source)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {source}")
+        text = path.read_text()
+    else:
+        if source not in preset_names():
+            raise ConfigError(f"unknown preset {source!r}; presets: {preset_names()} (or pass a .yaml path)")
+        text = resources.files("xsmoe_ray.configs").joinpath(f"{source}.yaml").read_text()
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: top level must be a mapping of sections")
+    return data
+
+
+def valid_keys(cls: type = ExperimentConfig, prefix: str = "") -> list[str]:
+    """Every dotted key the config accepts, e.g. ``model.tau``."""
+    keys = []
+    for f in dataclasses.fields(cls):
+        ftype = _field_types(cls)[f.name]
+        if dataclasses.is_dataclass(ftype):
+            keys.extend(valid_keys(ftype, f"{prefix}{f.name}."))
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(key: str, value: Any, ftype: Any) -> Any:
+    """Check (YAML values) or convert (command-line strings) a value to the field's type."""
+    origin = typing.get_origin(ftype)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(ftype) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        return _coerce(key, value, args[0])
+    if ftype is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+    elif ftype is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                pass
+    elif ftype is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif ftype is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise ConfigError(f"{key}: expected {getattr(ftype, '__name__', ftype)}, got {value!r}")
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    types_ = _field_types(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        keys = ", ".join(valid_keys(cls, prefix))
+        raise ConfigError(f"unknown config key(s) {[prefix + k for k in unknown]}; valid keys: {keys}")
+    kwargs = {}
+    for name, value in values.items():
+        ftype = types_[name]
+        if dataclasses.is_dataclass(ftype):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{prefix}{name}: expected a mapping of {ftype.__name__} keys, got {value!r}")
+            kwargs[name] = _build(ftype, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(prefix + name, value, ftype)
+    return cls(**kwargs)
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["model.tau=0.1", "run.seed=3"]`` → nested dict of raw strings."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value; valid keys: {', '.join(valid_keys())}")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key!r} conflicts with another override")
+        node[parts[-1]] = value
+    return nested
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(source: str | None = "demo", overrides: list[str] | None = None) -> ExperimentConfig:
+    """Preset or YAML file, then dotted overrides; validated into an :class:`ExperimentConfig`."""
+    raw = _read_yaml(source) if source else {}
+    raw = _merge(raw, parse_overrides(overrides or []))
+    return _build(ExperimentConfig, raw, "")
+
+
+def to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: ExperimentConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
