@@ -1,0 +1,60 @@
+"""Full-ranking metrics against a plain reference, ties, masking, additivity."""
+
+import math
+
+import pytest
+import torch
+
+from xsmoe_ray.evaluate import RankingSums, evaluate
+
+
+def reference(scores, targets_col, k):
+    hits = ndcg = 0.0
+    for row, t in zip(scores.tolist(), targets_col.tolist()):
+        rank = sum(1 for j, s in enumerate(row) if s >= row[t] and j != t)
+        if rank < k:
+            hits += 1
+            ndcg += 1 / math.log2(rank + 2)
+    return hits / len(scores), ndcg / len(scores)
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 1000])
+def test_matches_reference(batch_size):
+    g = torch.Generator().manual_seed(0)
+    candidates = torch.tensor([1, 3, 4, 8, 9, 12, 15, 20, 21, 30, 31, 40, 41])
+    n = 50
+    table = torch.randn(n, len(candidates), generator=g)
+    contexts = torch.arange(n)[:, None].expand(n, 3).clone()  # row id carried in the context
+    tcol = torch.randint(0, len(candidates), (n,), generator=g)
+    sums = evaluate(lambda ctx: table[ctx[:, 0]], contexts, candidates[tcol], candidates, k=5, batch_size=batch_size)
+    hr, ndcg = reference(table, tcol, 5)
+    assert sums.count == n and sums.hr == pytest.approx(hr) and sums.ndcg_mean == pytest.approx(ndcg)
+
+
+def test_constant_scores_get_no_credit():
+    candidates = torch.arange(1, 21)
+    ctx = torch.zeros(4, 2, dtype=torch.long)
+    sums = evaluate(lambda c: torch.zeros(len(c), 20), ctx, torch.tensor([1, 2, 3, 4]), candidates, k=10)
+    assert sums.hits == 0.0
+
+
+def test_mask_history_removes_seen_items_but_not_the_target():
+    candidates = torch.arange(1, 6)
+    scores = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0]])
+    ctx = torch.tensor([[1, 2]])  # the two best-scored items were seen
+    fn = lambda c: scores
+    assert evaluate(fn, ctx, torch.tensor([3]), candidates, k=1).hits == 0
+    assert evaluate(fn, ctx, torch.tensor([3]), candidates, k=1, mask_history=True).hits == 1
+    assert evaluate(fn, ctx, torch.tensor([1]), candidates, k=1, mask_history=True).hits == 1
+
+
+def test_target_outside_candidates_is_an_error():
+    with pytest.raises(ValueError, match="among the candidates"):
+        evaluate(lambda c: torch.zeros(1, 3), torch.zeros(1, 2, dtype=torch.long), torch.tensor([7]),
+                 torch.tensor([1, 2, 3]))
+
+
+def test_sums_merge_by_addition():
+    a, b = RankingSums(1, 0.5, 4), RankingSums(2, 1.0, 6)
+    c = RankingSums.from_tensor(a.as_tensor() + b.as_tensor())
+    assert (c.hits, c.ndcg, c.count) == (3, 1.5, 10) and c.hr == 0.3

@@ -1,0 +1,103 @@
+"""Full-ranking HR@K and NDCG@K, one function for validation and test (paper §5.1.3).
+
+Every case is scored against every candidate item (all items seen so far, DESIGN.md §4); no
+sampled negatives. Ties are broken pessimistically: the target's rank counts every other
+candidate scoring at least as high, so a model that scores everything alike gets no credit.
+Masking of the user's history is optional (off by default: repeat purchases are real targets);
+the target itself is never masked.
+
+Results are plain sums (hits, ndcg, count) so that shards of cases on different ranks merge by
+addition (``all_reduce``) before dividing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+@dataclass
+class RankingSums:
+    """Additive HR/NDCG accumulators."""
+
+    hits: float = 0.0
+    ndcg: float = 0.0
+    count: int = 0
+
+    def __add__(self, other: "RankingSums") -> "RankingSums":
+        return RankingSums(self.hits + other.hits, self.ndcg + other.ndcg, self.count + other.count)
+
+    def as_tensor(self, device=None) -> torch.Tensor:
+        return torch.tensor([self.hits, self.ndcg, float(self.count)], dtype=torch.float64, device=device)
+
+    @classmethod
+    def from_tensor(cls, t: torch.Tensor) -> "RankingSums":
+        hits, ndcg, count = t.tolist()
+        return cls(hits, ndcg, int(round(count)))
+
+    @property
+    def hr(self) -> float:
+        return self.hits / self.count if self.count else 0.0
+
+    @property
+    def ndcg_mean(self) -> float:
+        return self.ndcg / self.count if self.count else 0.0
+
+
+def ranks_of_targets(scores: torch.Tensor, target_col: torch.Tensor) -> torch.Tensor:
+    """0-based pessimistic rank of each row's target. scores [B, C], target_col [B] → [B]."""
+    target = scores.gather(1, target_col[:, None])  # [B, 1]
+    return (scores >= target).sum(dim=1) - 1
+
+
+def ranking_sums(ranks: torch.Tensor, k: int) -> RankingSums:
+    hit = ranks < k
+    gains = torch.where(hit, 1.0 / torch.log2(ranks.double() + 2.0), torch.zeros_like(ranks, dtype=torch.float64))
+    return RankingSums(float(hit.sum()), float(gains.sum()), int(ranks.numel()))
+
+
+@torch.inference_mode()
+def evaluate(
+    score_fn: Callable[[torch.Tensor], torch.Tensor],
+    contexts: torch.Tensor,
+    targets: torch.Tensor,
+    candidates: torch.Tensor,
+    *,
+    k: int = 10,
+    batch_size: int = 1024,
+    mask_history: bool = False,
+) -> RankingSums:
+    """Rank each case's target among ``candidates``.
+
+    ``score_fn(contexts [B, L]) -> [B, C]`` scores a batch of contexts against the candidates (in
+    the order of ``candidates`` [C], ascending item ids); ``targets`` [N] are item ids that must be
+    among the candidates. Cases are processed in batches so memory stays ``batch_size × C``.
+    """
+    if len(targets) == 0:
+        return RankingSums()
+    device = candidates.device
+    col = torch.searchsorted(candidates, targets.to(device))
+    if bool((col >= len(candidates)).any()) or bool((candidates[col.clamp(max=len(candidates) - 1)] != targets.to(device)).any()):
+        raise ValueError("every evaluation target must be among the candidates")
+    total = RankingSums()
+    for lo in range(0, len(targets), batch_size):
+        ctx = contexts[lo: lo + batch_size].to(device)
+        scores = score_fn(ctx).float()
+        tcol = col[lo: lo + batch_size]
+        if mask_history:
+            scores = _mask_history(scores, ctx, candidates, tcol)
+        total = total + ranking_sums(ranks_of_targets(scores, tcol), k)
+    return total
+
+
+def _mask_history(scores: torch.Tensor, ctx: torch.Tensor, candidates: torch.Tensor, tcol: torch.Tensor) -> torch.Tensor:
+    """Set the scores of items in each context to -inf, except the row's target."""
+    pos = torch.searchsorted(candidates, ctx)  # [B, L]
+    inside = (pos < len(candidates)) & (candidates[pos.clamp(max=len(candidates) - 1)] == ctx) & (ctx > 0)
+    rows = torch.arange(len(ctx), device=ctx.device)[:, None].expand_as(ctx)
+    masked = scores.clone()
+    masked[rows[inside], pos[inside]] = float("-inf")
+    masked[torch.arange(len(ctx), device=ctx.device), tcol] = scores.gather(1, tcol[:, None]).squeeze(1)
+    return masked
