@@ -1,0 +1,114 @@
+"""Run outputs: results.csv, results.md (paper Table 1 / Table 3 shapes) and PNG plots.
+
+Input is the list of per-window metric dicts the window loop reports; a window that ran twice
+(after a restart) appears once, the later result replacing the earlier (``dedupe_windows``).
+Test windows are named by the chunk they test on: the model trained on D_s is tested on D_{s+1},
+so the reported columns are D_2..D_T plus their average, as in the paper.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Iterable
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on clusters and CI
+import matplotlib.pyplot as plt  # noqa: E402
+
+CSV_FIELDS = ["window", "test_chunk", "hr10", "ndcg10", "val_ndcg10", "epochs", "seconds", "experts",
+              "mp_mb", "trp_mb", "peak_mem_mb"]
+
+
+def dedupe_windows(rows: Iterable[dict]) -> list[dict]:
+    """One row per window, the last reported winning, in window order."""
+    by_window: dict[int, dict] = {}
+    for row in rows:
+        by_window[int(row["window"])] = row
+    return [by_window[w] for w in sorted(by_window)]
+
+
+def test_rows(rows: list[dict]) -> list[dict]:
+    return [r for r in dedupe_windows(rows) if r.get("test_chunk") is not None]
+
+
+def results_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    for r in test_rows(rows):
+        w.writerow({**r, "experts": _experts_text(r.get("experts", {}))})
+    return buf.getvalue()
+
+
+def _experts_text(experts: dict) -> str:
+    return " ".join(f"{m}:{'/'.join(str(n) for n in per_layer)}" for m, per_layer in sorted(experts.items()))
+
+
+def results_markdown(rows: list[dict], title: str, variant: str) -> str:
+    """Table 1 (HR@10 / NDCG@10 in % per test chunk and AVG) and a Table 3 efficiency row."""
+    tests = test_rows(rows)
+    if not tests:
+        return f"# {title}\n\nNo test window has finished yet.\n"
+    heads = [f"D_{r['test_chunk']}" for r in tests] + ["AVG"]
+    hr = [100 * r["hr10"] for r in tests]
+    nd = [100 * r["ndcg10"] for r in tests]
+    lines = [f"# {title}", "", "Recommendation performance in % (full ranking over all items seen so far).", "",
+             "| Method | Metric | " + " | ".join(heads) + " |", "|---|---|" + "---:|" * len(heads)]
+    lines.append(f"| {variant} | HR@10 | " + " | ".join(f"{v:.2f}" for v in hr + [sum(hr) / len(hr)]) + " |")
+    lines.append(f"| {variant} | NDCG@10 | " + " | ".join(f"{v:.2f}" for v in nd + [sum(nd) / len(nd)]) + " |")
+    windows = dedupe_windows(rows)
+    total_s = sum(r["seconds"] for r in windows)
+    epochs = sum(r["epochs"] for r in windows)
+    last = windows[-1]
+    mem = last.get("peak_mem_mb")
+    lines += ["", "Efficiency (Table 3 shape; MP/TrP after the last window).", "",
+              "| Variant | MP (MB) | TrP (MB) | Memory (MB) | TT (s) | ET (s) |", "|---|---:|---:|---:|---:|---:|",
+              f"| {variant} | {last['mp_mb']:.2f} | {last['trp_mb']:.2f} | "
+              f"{'n/a' if mem is None else f'{mem:.0f}'} | {total_s:.1f} | {total_s / max(epochs, 1):.2f} |", ""]
+    return "\n".join(lines)
+
+
+def metrics_plot(rows: list[dict]) -> bytes:
+    tests = test_rows(rows)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    x = [r["test_chunk"] for r in tests]
+    ax.plot(x, [100 * r["hr10"] for r in tests], marker="o", label="HR@10")
+    ax.plot(x, [100 * r["ndcg10"] for r in tests], marker="s", label="NDCG@10")
+    ax.set_xlabel("test chunk D_s")
+    ax.set_ylabel("%")
+    ax.set_xticks(x)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title("Next-window full-ranking metrics")
+    return _png(fig)
+
+
+def experts_plot(rows: list[dict]) -> bytes:
+    windows = dedupe_windows(rows)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    x = [r["window"] for r in windows]
+    series: dict[str, list[int]] = {}
+    for r in windows:
+        for modality, per_layer in r.get("experts", {}).items():
+            for layer, n in enumerate(per_layer):
+                series.setdefault(f"{modality} layer {layer + 1}", []).append(n)
+    for name, counts in sorted(series.items()):
+        ax.plot(x[: len(counts)], counts, marker="o", label=name)
+    ax.set_xlabel("window (training chunk)")
+    ax.set_ylabel("experts")
+    ax.set_xticks(x)
+    ax.grid(alpha=0.3)
+    if series:
+        ax.legend(fontsize=8)
+    ax.set_title("Experts per side layer after each window")
+    return _png(fig)
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    return buf.getvalue()
