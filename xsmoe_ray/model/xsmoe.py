@@ -1,0 +1,313 @@
+"""XSMoE: side networks over cached backbone states, fusion, sequence encoder, scores (paper §4).
+
+Item tower: per modality, the cached [CLS] states ``[n, G+1, d]`` of the item go through that
+modality's side network (``side_moe.py``) to ``e^v`` / ``e^t``; the fusion layer gives
+``e = FC([e^v; e^t])`` (Eq. 4). User tower: the causal sequence encoder over the item embeddings
+(Eq. 6). Score: dot product (Eq. 7). Loss: in-batch debiased cross-entropy (Eq. 8, ``loss.py``).
+
+The item tower runs once per *unique* item of a batch: ids are deduplicated, encoded, and the
+sequences index into that small table. The cached states are registered, non-persistent buffers
+(``set_item_features``), so they move with ``.to(device)`` but stay out of checkpoints, and they are
+listed in ``_ddp_params_and_buffers_to_ignore`` so DDP never broadcasts them.
+
+Variants (paper Tables 2-3 and DESIGN.md §5) are rows of :data:`VARIANTS`, picked by
+:func:`build_model`. ``model.structure()`` is a plain dict from which :meth:`XSMoE.from_structure`
+rebuilds the architecture (experts per layer, which are frozen) before ``load_state_dict``.
+
+Departures from the paper, all open points it leaves: experts, routers and the fusion layer have
+biases; a new router row starts as the mean of the expert rows; utilization (Eq. 5) includes the
+backbone term in its denominator (DESIGN.md) and is averaged over the unique items the side network
+saw, not over interactions; the loss is a mean over target positions, not a sum; the sequence
+encoder is pre-LN (``encoder.py``). Training follows SASRec: every position of a sequence predicts
+its next item, not only the last one.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .encoder import SequenceEncoder
+from .loss import batch_candidates, debiased_ce, distillation_kl, fused_debiased_ce, masked_logits
+from .side_moe import SideNetwork
+
+MODALITIES = ("image", "text")  # fusion order: [e_v; e_t] (Eq. 4)
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    side: bool  # side networks (False: the last cached state l_M goes straight into fusion)
+    expandable: bool  # a new expert per layer at every window start
+    modality: str | None = None  # one modality only (None: every modality the data has)
+    replay: bool = False  # the trainer mixes a ReservoirBuffer into training batches
+    distill: bool = False  # KL to a frozen copy of the model taken at the window start
+
+
+VARIANTS: dict[str, VariantSpec] = {
+    "xsmoe": VariantSpec(side=True, expandable=True),
+    "static": VariantSpec(side=True, expandable=False),
+    "noft": VariantSpec(side=False, expandable=False),
+    "visual": VariantSpec(side=True, expandable=True, modality="image"),
+    "textual": VariantSpec(side=True, expandable=True, modality="text"),
+    "iisan_rh": VariantSpec(side=True, expandable=False, replay=True),
+    "iisan_kd": VariantSpec(side=True, expandable=False, distill=True),
+}
+
+
+class XSMoE(nn.Module):
+    """The whole recommender. ``dims`` maps each modality it uses to its backbone width ``d``."""
+
+    def __init__(self, *, variant: str, dims: dict[str, int], n_groups: int, d_prime: int, embed_dim: int,
+                 max_len: int, seq_blocks: int, seq_heads: int, dropout: float, kd_weight: float = 1.0) -> None:
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown variant {variant!r}; variants: {sorted(VARIANTS)}")
+        if not dims or set(dims) - set(MODALITIES):
+            raise ValueError(f"dims must map a non-empty subset of {MODALITIES} to sizes, got {dims}")
+        self.variant, self.spec = variant, VARIANTS[variant]
+        self.modalities = tuple(m for m in MODALITIES if m in dims)
+        self.args = dict(variant=variant, dims={m: int(dims[m]) for m in self.modalities}, n_groups=n_groups,
+                         d_prime=d_prime, embed_dim=embed_dim, max_len=max_len, seq_blocks=seq_blocks,
+                         seq_heads=seq_heads, dropout=dropout, kd_weight=kd_weight)
+        self.n_groups, self.max_len, self.kd_weight = n_groups, max_len, kd_weight
+        self.sides = nn.ModuleDict(
+            {m: SideNetwork(dims[m], d_prime, n_groups) for m in self.modalities} if self.spec.side else {})
+        self.fusion = nn.Linear(sum(dims[m] for m in self.modalities), embed_dim)
+        self.encoder = SequenceEncoder(embed_dim, max_len, seq_blocks, seq_heads, dropout)
+        for m in self.modalities:
+            self.register_buffer(f"features_{m}", None, persistent=False)
+        self.__dict__["teacher"] = None  # unregistered: not a parameter, not in state_dict, not seen by DDP
+        self.mark_trainable()
+
+    # ---- cached features -----------------------------------------------------------------------
+    def set_item_features(self, features: dict[str, torch.Tensor]) -> None:
+        """Cached states per modality ``[n_items+1, G+1, d]`` (row 0 = padding); other modalities are ignored."""
+        for m in self.modalities:
+            if m not in features:
+                raise ValueError(f"variant {self.variant!r} needs {m!r} features; got {sorted(features)}")
+            t = features[m]
+            want = (self.n_groups + 1, self.args["dims"][m])
+            if t.dim() != 3 or tuple(t.shape[1:]) != want:
+                raise ValueError(f"{m} features must be [n_items+1, {want[0]}, {want[1]}], got {tuple(t.shape)}")
+            setattr(self, f"features_{m}", t.to(self.fusion.weight.device))
+
+    def _features(self) -> dict[str, torch.Tensor]:
+        feats = {m: getattr(self, f"features_{m}") for m in self.modalities}
+        missing = [m for m, t in feats.items() if t is None]
+        if missing:
+            raise RuntimeError(f"no cached features for {missing}: call model.set_item_features first")
+        return feats
+
+    @property
+    def _ddp_params_and_buffers_to_ignore(self) -> list[str]:
+        return [f"features_{m}" for m in self.modalities]
+
+    # ---- towers --------------------------------------------------------------------------------
+    def _embed(self, item_ids: torch.Tensor, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        # FC([e_v; e_t]) = W_v e_v + W_t e_t + b: the fusion weight is applied in column blocks, so the
+        # [n, sum d] concatenation is never built (Eq. 4).
+        out, start = None, 0
+        for m in self.modalities:
+            cache = features[m].index_select(0, item_ids).float()  # [n, G+1, d]
+            e = self.sides[m](cache) if self.spec.side else cache[:, -1]  # [n, d]
+            w = self.fusion.weight[:, start:start + e.shape[1]]  # [D, d]
+            out = F.linear(e, w, self.fusion.bias) if out is None else out + F.linear(e, w)
+            start += e.shape[1]
+        return out  # [n, D]
+
+    def item_embeddings(self, item_ids: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
+        """``[n]`` int64 item ids → ``[n, D]`` through side networks and fusion (ids need not be unique).
+
+        ``chunk_size`` bounds the float32 working set (``chunk_size x (G+1) x d`` per modality) when
+        embedding a whole catalogue for evaluation.
+        """
+        features = self._features()
+        if chunk_size is None or item_ids.numel() <= chunk_size:
+            return self._embed(item_ids, features)
+        return torch.cat([self._embed(part, features) for part in item_ids.split(chunk_size)])
+
+    def _states(self, table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """``table`` [U, D], ``index`` [B, L] into it (-1 = padding) → user states ``[B, L, D]`` (Eq. 6)."""
+        real = index >= 0
+        items = table[index.clamp_min(0)] * real.unsqueeze(-1).to(table.dtype)  # [B, L, D], zeros at padding
+        return self.encoder(items, real)
+
+    def user_states(self, seq_ids: torch.Tensor) -> torch.Tensor:
+        """Left-padded ``[B, L]`` ids → states ``[B, L, D]``; the item tower runs once per unique item."""
+        ids, index = batch_candidates(seq_ids)
+        return self._states(self.item_embeddings(ids), index)
+
+    def user_embedding(self, context: torch.Tensor) -> torch.Tensor:
+        """``[B, L]`` left-padded context → ``[B, D]``, the state at the last position."""
+        return self.user_states(context)[:, -1]
+
+    def score_all(self, context: torch.Tensor, candidate_ids: torch.Tensor) -> torch.Tensor:
+        """Full ranking: ``[B, L]`` contexts against ``[C]`` candidates → scores ``[B, C]`` (Eq. 7).
+
+        For many user chunks, compute ``item_embeddings(candidates, chunk_size)`` once and multiply by
+        ``user_embedding(context)`` per chunk instead.
+        """
+        return self.user_embedding(context) @ self.item_embeddings(candidate_ids, chunk_size=8192).T
+
+    # ---- training loss -------------------------------------------------------------------------
+    def _towers(self, seq: torch.Tensor, features: dict[str, torch.Tensor]):
+        """Unique ids [U], their index [B, L+1], item table [U, D] and user states [B, L, D] of a batch."""
+        ids, index = batch_candidates(seq)
+        table = self._embed(ids, features)
+        return ids, index, table, self._states(table, index[:, :-1])
+
+    def _logits(self, seq: torch.Tensor, log_pop: torch.Tensor, features: dict[str, torch.Tensor]):
+        ids, index, table, states = self._towers(seq, features)
+        return masked_logits(states, table, index, log_pop[ids])  # [P, U], [P]
+
+    def forward(self, seq: torch.Tensor, log_pop: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Training loss of a batch. ``seq`` [B, L+1] int64 (0 = left padding): positions ``0..L-1`` are
+        inputs, ``1..L`` targets (only non-zero targets count); ``log_pop`` [n_items+1] = log p_i.
+
+        Returns ``(loss, stats)``; stats hold detached tensors / ints: ce, kd, loss, targets, unique_items.
+        """
+        features = self._features()
+        ids, index, table, states = self._towers(seq, features)
+        kd = torch.zeros((), device=states.device)
+        if self.spec.distill and self.teacher is not None and self.training:
+            logits, pos = masked_logits(states, table, index, log_pop[ids])
+            ce, n_targets = debiased_ce(logits, pos), pos.numel()
+            with torch.no_grad():
+                t_logits, _ = self.teacher._logits(seq, log_pop, features)
+            kd = distillation_kl(logits, t_logits)
+        else:
+            ce, n_targets = fused_debiased_ce(states, table, index, log_pop[ids])
+        loss = ce + self.kd_weight * kd
+        stats = {"loss": loss.detach(), "ce": ce.detach(), "kd": kd.detach(), "targets": n_targets,
+                 "unique_items": ids.numel()}
+        return loss, stats
+
+    loss = forward  # ``model.loss(seq, log_pop)``; call the DDP wrapper itself under DDP
+
+    # ---- structure: expansion, teacher, pruning ------------------------------------------------
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Newest experts + routers (by structure), fusion FC, sequence encoder."""
+        params = [p for side in self.sides.values() for p in side.trainable_parameters()]
+        return params + list(self.fusion.parameters()) + list(self.encoder.parameters())
+
+    def mark_trainable(self) -> None:
+        self.requires_grad_(False)
+        for p in self.trainable_parameters():
+            p.requires_grad_(True)
+
+    def expand(self) -> bool:
+        """Freeze all experts and add one per layer (expandable variants); False and no change otherwise."""
+        if not (self.spec.expandable and self.spec.side):
+            return False
+        for side in self.sides.values():
+            side.expand()
+        self.mark_trainable()
+        return True
+
+    def snapshot_teacher(self) -> None:
+        """Keep a frozen eval-mode copy of the current model (iisan_kd); it shares no feature memory."""
+        memo = {id(t): None for t in self._features().values()}
+        memo[id(self.teacher)] = None
+        teacher = copy.deepcopy(self, memo)
+        teacher.requires_grad_(False)
+        self.__dict__["teacher"] = teacher.eval()
+
+    def begin_window(self) -> bool:
+        """Window ``s >= 1`` start: expand (xsmoe, visual, textual) and snapshot the teacher (iisan_kd)."""
+        expanded = self.expand()
+        if self.spec.distill:
+            self.snapshot_teacher()
+        return expanded
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        if self.teacher is not None:
+            self.teacher._apply(fn, recurse)  # the teacher follows .to(device) / .half()
+        return self
+
+    def set_utilization_tracking(self, on: bool) -> None:
+        for side in self.sides.values():
+            for layer in side.layers:
+                layer.track_utilization = on
+
+    def reset_utilization(self) -> None:
+        for side in self.sides.values():
+            for layer in side.layers:
+                layer.reset_utilization()
+
+    def utilization_sums(self) -> dict[str, torch.Tensor]:
+        """``{"<modality>.<layer>.sum": [N_i] float64, "<modality>.<layer>.count": [1]}``; all_reduce each (SUM)."""
+        out = {}
+        for m, side in self.sides.items():
+            for i, layer in enumerate(side.layers):
+                out[f"{m}.{i}.sum"], out[f"{m}.{i}.count"] = (t.clone() for t in layer.utilization_sums())
+        return out
+
+    def utilization(self, sums: dict[str, torch.Tensor] | None = None) -> dict[str, list[list[float]]]:
+        """Mean utilization r_j (Eq. 5) per modality, layer and expert."""
+        sums = self.utilization_sums() if sums is None else sums
+        return {m: [(sums[f"{m}.{i}.sum"] / sums[f"{m}.{i}.count"].clamp_min(1)).tolist()
+                    for i in range(len(side.layers))] for m, side in self.sides.items()}
+
+    def prune(self, tau: float, sums: dict[str, torch.Tensor] | None = None) -> dict[str, dict[int, int]]:
+        """Per layer drop the single lowest expert with mean utilization < ``tau`` (§4.3; never the last).
+
+        ``sums`` are (all-reduced) :meth:`utilization_sums`; default: this model's own. Returns
+        ``{modality: {layer: removed 0-based expert index}}`` (router output ``index+1`` went with it).
+        """
+        sums = self.utilization_sums() if sums is None else sums
+        removed: dict[str, dict[int, int]] = {}
+        for m, side in self.sides.items():
+            for i, layer in enumerate(side.layers):
+                j = layer.prune_candidate(tau, sums[f"{m}.{i}.sum"], sums[f"{m}.{i}.count"])
+                if j is not None:
+                    layer.remove_expert(j)
+                    removed.setdefault(m, {})[i] = j
+        self.reset_utilization()
+        self.mark_trainable()
+        return removed
+
+    def structure(self) -> dict:
+        """Constructor arguments plus, per modality and layer, one frozen flag per expert (plain types)."""
+        return {**copy.deepcopy(self.args), "experts": {m: side.structure() for m, side in self.sides.items()}}
+
+    @classmethod
+    def from_structure(cls, structure: dict) -> "XSMoE":
+        """Rebuild the architecture of :meth:`structure`; then ``load_state_dict`` the weights."""
+        args = {k: v for k, v in structure.items() if k != "experts"}
+        model = cls(**args)
+        for m, frozen in structure.get("experts", {}).items():
+            model.sides[m].set_structure(frozen)
+        model.mark_trainable()
+        return model
+
+
+def build_model(variant: str, *, text_dim: int | None, image_dim: int | None, n_groups: int, d_prime: int,
+                embed_dim: int, max_len: int, seq_blocks: int, seq_heads: int, dropout: float,
+                modalities: tuple[str, ...] = ("image", "text"), kd_weight: float = 1.0) -> XSMoE:
+    """The model of a variant over the modalities the dataset has (``modalities``).
+
+    Single-modality variants need their modality; every other variant uses all available ones
+    (a text-only dataset runs them over text alone).
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; variants: {sorted(VARIANTS)}")
+    spec = VARIANTS[variant]
+    sizes = {"image": image_dim, "text": text_dim}
+    available = [m for m in MODALITIES if m in modalities]
+    if spec.modality is not None and spec.modality not in available:
+        raise ValueError(f"variant {variant!r} needs the {spec.modality!r} modality, which this dataset "
+                         f"does not have (modalities: {available})")
+    used = [spec.modality] if spec.modality is not None else available
+    if not used:
+        raise ValueError(f"variant {variant!r}: no modality available (got {modalities})")
+    missing = [m for m in used if not sizes[m]]
+    if missing:
+        raise ValueError(f"variant {variant!r}: no dimension given for {missing} (text_dim / image_dim)")
+    return XSMoE(variant=variant, dims={m: int(sizes[m]) for m in used}, n_groups=n_groups, d_prime=d_prime,
+                 embed_dim=embed_dim, max_len=max_len, seq_blocks=seq_blocks, seq_heads=seq_heads,
+                 dropout=dropout, kd_weight=kd_weight)
