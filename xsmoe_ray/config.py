@@ -296,3 +296,8 @@ def to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
 def dump_yaml(cfg: ExperimentConfig) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
+
+
+def from_dict(values: dict[str, Any]) -> ExperimentConfig:
+    """Rebuild a config from :func:`to_dict` output (e.g. inside a Ray worker), validated again."""
+    return _build(ExperimentConfig, values, "")

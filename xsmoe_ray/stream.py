@@ -2,24 +2,28 @@
 
     python -m xsmoe_ray.stream                                  # embedded demo
     python -m xsmoe_ray.stream --config hm data.path=/data/hm run.out=/runs/hm
+    ray job submit --working-dir . -- python -m xsmoe_ray.stream --config hm ...
 
 Stages, each reused when its output is already up to date:
-1. prepare: load the dataset and write its streaming windows to ``<run.out>/prepared``;
+1. prepare: load the dataset, write its streaming windows to ``<run.out>/prepared``;
 2. cache: encode every item once with the frozen backbones into ``<run.out>/cache``
-   (or ``cache.dir``), with Ray Data;
-3. train: the streaming window loop on Ray Train.
+   (or ``cache.dir``) with Ray Data;
+3. train: the window loop (``xsmoe_ray.train.worker``) on a Ray Train ``TorchTrainer``; a
+   relaunch with the same ``run.out`` resumes after the last registered window.
 
-This version runs stages 1 and 2; the window loop (issue "Streaming training on Ray Train")
-is not in the package yet, and the job says so when it reaches that point.
+The run directory gets ``config.yaml``, ``results.csv``, ``results.md``, ``metrics.png``,
+``experts.png`` and, under ``ray/``, the window checkpoints.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
 from pathlib import Path
 
-from xsmoe_ray.config import ConfigError, dump_yaml, load_config, valid_keys
+from xsmoe_ray.config import ConfigError, ExperimentConfig, dump_yaml, load_config, to_dict, valid_keys
 from xsmoe_ray.data.schema import DataError
 from xsmoe_ray.prepare import prepare_data
 from xsmoe_ray.streaming import StreamError
@@ -29,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m xsmoe_ray.stream",
         description="XSMoE streaming recommendation: prepare the data, build the backbone layer cache, "
-                    "train and test window by window. With no arguments: the embedded demo.",
+                    "train and test window by window on Ray Train. With no arguments: the embedded demo.",
         epilog="Overrides: key=value with keys " + ", ".join(valid_keys()),
     )
     p.add_argument("--config", default="demo", help="preset name (demo, hm, amazon_home, amazon_elec) or YAML file")
@@ -37,31 +41,89 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run(cfg) -> int:
+def cache_dir_of(cfg: ExperimentConfig, out: Path) -> Path:
+    return Path(cfg.cache.dir).expanduser().resolve() if cfg.cache.dir else out / "cache"
+
+
+def data_stages(cfg: ExperimentConfig, out: Path) -> tuple[Path, Path]:
+    """Prepare and cache (each reused when current); returns their directories."""
+    from xsmoe_ray.cache_build import build_cache
+
+    prepared = out / "prepared"
+    prepare_data(cfg, prepared)
+    cache = cache_dir_of(cfg, out)
+    report = build_cache(prepared, cache, cfg)
+    print(f"[stream] cache {cache}: encoded {report.encoded}, reused {report.reused}", flush=True)
+    return prepared, cache
+
+
+def fit(cfg: ExperimentConfig, out: Path, prepared: Path, cache: Path, extra: dict | None = None):
+    """Run the window loop on Ray Train; returns the trainer's Result."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from xsmoe_ray.train.worker import train_loop_per_worker
+
+    loop_config = {"cfg": to_dict(cfg), "prepared": str(prepared), "cache": str(cache), **(extra or {})}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu),
+        run_config=RunConfig(
+            name=cfg.run.name,
+            storage_path=str(out / "ray"),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    return trainer.fit()
+
+
+def write_outputs(out: Path, history: list[dict], variant: str, title: str) -> None:
+    from xsmoe_ray.report import experts_plot, metrics_plot, results_csv, results_markdown
+
+    (out / "results.csv").write_text(results_csv(history))
+    (out / "results.md").write_text(results_markdown(history, title, variant))
+    (out / "metrics.png").write_bytes(metrics_plot(history))
+    (out / "experts.png").write_bytes(experts_plot(history))
+    (out / "history.json").write_text(json.dumps(history, indent=1))
+
+
+def history_of(result) -> list[dict]:
+    from xsmoe_ray.train.checkpoint import load_state
+
+    if result.checkpoint is None:
+        return []
+    with result.checkpoint.as_directory() as d:
+        return load_state(d).history
+
+
+def run(cfg: ExperimentConfig, extra: dict | None = None) -> list[dict]:
+    from xsmoe_ray.raysetup import ensure_ray
+
+    t0 = time.perf_counter()
     out = Path(cfg.run.out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(dump_yaml(cfg))
-    prepare_data(cfg, out / "prepared")
-    cache_dir = Path(cfg.cache.dir).expanduser().resolve() if cfg.cache.dir else out / "cache"
-    try:
-        from xsmoe_ray.cache import build_cache
-    except ImportError:
-        print("[stream] the layer cache stage is not in this version; stopping after the data stage.")
-        return 0
-    build_cache(out / "prepared", cache_dir, cfg)
-    print("[stream] data and cache are ready; the streaming trainer is not in this version yet, "
-          f"so the job stops here. Outputs: {out}")
-    return 0
+    ensure_ray(cfg.run.num_cpus)
+    prepared, cache = data_stages(cfg, out)
+    result = fit(cfg, out, prepared, cache, extra)
+    history = history_of(result)
+    write_outputs(out, history, cfg.model.variant, f"{cfg.data.format} — {cfg.model.variant}")
+    print((out / "results.md").read_text())
+    print(f"[stream] done in {time.perf_counter() - t0:.0f} s; outputs in {out}", flush=True)
+    return history
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
-        return run(cfg)
+        run(cfg)
     except (ConfigError, DataError, StreamError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,114 @@
+"""One window's epochs: train, validate, early-stop, keep the best weights (paper §5.2).
+
+Adam at ``lr`` (reset every window) decayed ×``lr_decay`` per epoch down to ``lr_min``; early stop
+after ``patience`` epochs without a gain in val NDCG@10; the best epoch's weights are restored at
+the end. Utilization sums (Eq. 5) are collected over the last epoch that ran. Half precision:
+fp16 autocast with a GradScaler on CUDA, bf16 autocast on CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from xsmoe_ray.config import TrainConfig
+from xsmoe_ray.evaluate import RankingSums, evaluate
+from xsmoe_ray.train.data import Cases, WindowData, epoch_batches
+from xsmoe_ray.train.sync import all_reduce_sum, rank_and_world, unwrap
+
+
+@dataclass
+class WindowResult:
+    epochs: int
+    best_val_ndcg: float
+    seconds: float
+    losses: list[float] = field(default_factory=list)
+
+
+def autocast_for(device: torch.device, precision: str):
+    if precision != "half":
+        return nullcontext()
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+@torch.inference_mode()
+def evaluate_cases(model: torch.nn.Module, cases: Cases, device: torch.device, mask_history: bool = False,
+                   batch_size: int = 1024) -> RankingSums:
+    """Full-ranking HR@10/NDCG@10 of this rank's share of ``cases``, summed over all ranks."""
+    raw = unwrap(model)
+    was_training = raw.training
+    raw.eval()
+    rank, world = rank_and_world()
+    mine = cases.shard(rank, world)
+    candidates = torch.from_numpy(cases.candidates).to(device)
+    table = raw.item_embeddings(candidates, chunk_size=8192).float()  # [C, D], once per evaluation
+    sums = evaluate(lambda ctx: raw.user_embedding(ctx).float() @ table.T, torch.from_numpy(mine.contexts),
+                    torch.from_numpy(mine.targets), candidates, k=10, batch_size=batch_size,
+                    mask_history=mask_history)
+    raw.train(was_training)
+    return RankingSums.from_tensor(all_reduce_sum(sums.as_tensor(device)).cpu())
+
+
+def train_window(model, data: WindowData, cfg: TrainConfig, device: torch.device, *, seed: int,
+                 mask_history: bool = False, replay=None, log=print) -> WindowResult:
+    """Run the epochs of one window on ``model`` (DDP-wrapped or not); returns what happened."""
+    raw = unwrap(model)
+    t0 = time.perf_counter()
+    rank, world = rank_and_world()
+    seqs = torch.from_numpy(data.train_seq)
+    log_pop = torch.from_numpy(data.log_pop).to(device)
+    params = raw.trainable_parameters()
+    optimizer = torch.optim.Adam(params, lr=cfg.lr)
+    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and cfg.precision == "half" else None
+    best, best_state, stale, result = -1.0, None, 0, WindowResult(0, 0.0, 0.0)
+    max_epochs = cfg.max_epochs if len(data.val) else min(cfg.max_epochs, cfg.patience)
+    for epoch in range(max_epochs if len(seqs) else 0):
+        for group in optimizer.param_groups:
+            group["lr"] = max(cfg.lr * cfg.lr_decay ** epoch, cfg.lr_min)
+        raw.train()
+        raw.reset_utilization()
+        raw.set_utilization_tracking(True)
+        losses = []
+        for idx in epoch_batches(len(seqs), cfg.batch_size, seed, epoch, rank, world):
+            batch = seqs[idx]
+            if replay is not None and len(replay):
+                batch = replay.mix(batch)
+            losses.append(_step(model, optimizer, scaler, batch.to(device), log_pop, device, cfg.precision))
+        raw.set_utilization_tracking(False)
+        result.epochs = epoch + 1
+        result.losses.append(float(np.mean(losses)) if losses else float("nan"))
+        val = evaluate_cases(model, data.val, device).ndcg_mean if len(data.val) else 0.0
+        log(f"  epoch {epoch + 1:>2}  loss {result.losses[-1]:.4f}  val NDCG@10 {100 * val:.2f}%  "
+            f"lr {optimizer.param_groups[0]['lr']:.2e}")
+        if val > best:
+            best, stale = val, 0
+            best_state = copy.deepcopy(raw.state_dict())
+        else:
+            stale += 1
+            if stale >= cfg.patience:
+                break
+    if best_state is not None:
+        raw.load_state_dict(best_state)
+    result.best_val_ndcg, result.seconds = max(best, 0.0), time.perf_counter() - t0
+    return result
+
+
+def _step(model, optimizer, scaler, batch, log_pop, device, precision) -> float:
+    optimizer.zero_grad(set_to_none=True)
+    with autocast_for(device, precision):
+        loss, _ = model(batch, log_pop)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return float(loss.detach())

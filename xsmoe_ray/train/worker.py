@@ -1,0 +1,165 @@
+"""The streaming window loop (paper Algorithm 1; DESIGN.md §4, §6), run by every Ray Train worker.
+
+Window 0 warms a fresh model up on D_0. Window s = 1..T-1: expand (``begin_window``) → train on
+D_s with early stopping on D_s's val split → test on D_{s+1} → prune experts under τ → report
+metrics and a checkpoint. Structural changes happen identically on every rank (all-reduced
+utilization sums, deterministic decisions), the model is re-wrapped in DDP and the optimizer
+rebuilt each window, and a parameter hash is compared across ranks after every window.
+
+The loop takes its ``report`` and ``get_checkpoint`` functions as arguments, so the same code runs
+under Ray Train (``train_loop_per_worker``) and as a one-worker Ray Tune trial.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from xsmoe_ray.cache import load_grouped, open_cache
+from xsmoe_ray.config import ExperimentConfig, from_dict
+from xsmoe_ray.model import ReservoirBuffer, XSMoE, build_model
+from xsmoe_ray.model.params import parameter_report
+from xsmoe_ray.prepared import load_prepared
+from xsmoe_ray.train.checkpoint import WindowState, load_state, save_state
+from xsmoe_ray.train.data import window_data
+from xsmoe_ray.train.sync import all_reduce_sum, check_same_across_ranks, parameter_hash, rank_and_world, wrap
+from xsmoe_ray.train.window import evaluate_cases, train_window
+
+ReportFn = Callable[[dict, "object | None"], None]
+
+
+def rank0_log(message: str) -> None:
+    """Progress lines from rank 0 only (Ray forwards worker output to the driver)."""
+    if rank_and_world()[0] == 0:
+        print(message, flush=True)
+
+
+def new_model(cfg: ExperimentConfig, features: dict[str, torch.Tensor]) -> XSMoE:
+    dims = {m: int(t.shape[-1]) for m, t in features.items()}
+    n_groups = int(next(iter(features.values())).shape[1]) - 1
+    return build_model(cfg.model.variant, text_dim=dims.get("text"), image_dim=dims.get("image"),
+                       n_groups=n_groups, d_prime=cfg.model.d_prime, embed_dim=cfg.model.embed_dim,
+                       max_len=cfg.data.max_len, seq_blocks=cfg.model.seq_blocks, seq_heads=cfg.model.seq_heads,
+                       dropout=cfg.model.dropout, modalities=tuple(features), kd_weight=cfg.model.kd_weight)
+
+
+def restore(checkpoint) -> WindowState | None:
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as d:
+        return load_state(d)
+
+
+def experts_per_layer(model: XSMoE) -> dict[str, list[int]]:
+    return {m: [len(flags) for flags in layers] for m, layers in model.structure()["experts"].items()}
+
+
+def reduced_utilization(model: XSMoE) -> dict[str, torch.Tensor]:
+    return {k: all_reduce_sum(v) for k, v in model.utilization_sums().items()}
+
+
+def maybe_fail(config: dict, window: int) -> None:
+    """Test-only switch: crash this worker once, at the start of ``fail_at_window``."""
+    fail_at, marker = config.get("fail_at_window"), config.get("fail_marker")
+    if fail_at is None or window != fail_at or not marker or Path(marker).exists():
+        return
+    Path(marker).write_text(f"failed at window {window}\n")
+    raise RuntimeError(f"injected worker failure at window {window} (test switch fail_at_window)")
+
+
+def run_windows(config: dict, report: ReportFn, get_checkpoint: Callable[[], object],
+                device: torch.device) -> None:
+    """All windows from the one after the latest checkpoint; see the module docstring."""
+    cfg = from_dict(config["cfg"])
+    rank, _ = rank_and_world()
+    prepared = load_prepared(config["prepared"])
+    stream = prepared.stream
+    modalities = list(open_cache(config["cache"]).arrays)
+    if cfg.model.variant in ("visual", "textual"):
+        wanted = "image" if cfg.model.variant == "visual" else "text"
+        modalities = [m for m in modalities if m == wanted] or modalities
+    features = load_grouped(config["cache"], cfg.model.layers_per_group, modalities, device)
+    state = restore(get_checkpoint())
+    if state is None:
+        state = WindowState(window=-1, model=new_model(cfg, features))
+    else:
+        rank0_log(f"[stream] resuming after window {state.window}")
+    raw = state.model
+    raw.set_item_features(features)
+    raw.to(device)
+    replay = ReservoirBuffer(cfg.model.replay_size, seed=cfg.run.seed) if raw.spec.replay else None
+    if replay is not None and state.replay:
+        replay.load_state_dict(state.replay)
+    for w in range(state.window + 1, stream.n_chunks - 1):
+        maybe_fail(config, w)
+        row = run_one_window(cfg, raw, stream, prepared.n_items, w, device, replay)
+        state.history = [r for r in state.history if r["window"] != w] + [row]  # a re-run replaces
+        state.window = w
+        state.replay = replay.state_dict() if replay is not None else None
+        _report(report, row, state, config, rank)
+
+
+def run_one_window(cfg: ExperimentConfig, raw: XSMoE, stream, n_items: int, w: int, device, replay) -> dict:
+    torch.manual_seed(cfg.run.seed * 100_003 + w)  # a re-run window repeats exactly
+    if w >= 1:
+        raw.begin_window()
+    model = wrap(raw, device)
+    data = window_data(stream, w, n_items)
+    rank0_log(f"[stream] window {w}: train on D_{w} ({len(data.train_seq):,} targets)"
+              + (f", test on D_{w + 1} ({len(data.test):,} cases)" if w >= 1 else " (warm-up)"))
+    result = train_window(model, data, cfg.train, device, seed=cfg.run.seed * 1000 + w,
+                          mask_history=cfg.data.mask_history, replay=replay, log=rank0_log)
+    test = evaluate_cases(model, data.test, device, cfg.data.mask_history) if w >= 1 else None
+    removed = raw.prune(cfg.model.tau, reduced_utilization(raw))
+    if replay is not None:
+        replay.add(torch.from_numpy(data.train_seq))
+    check_same_across_ranks(parameter_hash(raw))
+    params = parameter_report(raw)["model"]
+    row = {
+        "window": w, "test_chunk": w + 1 if w >= 1 else None,
+        "hr10": test.hr if test else None, "ndcg10": test.ndcg_mean if test else None,
+        "val_ndcg10": result.best_val_ndcg, "epochs": result.epochs, "seconds": result.seconds,
+        "experts": experts_per_layer(raw), "pruned": {m: {str(k): v for k, v in d.items()} for m, d in removed.items()},
+        "mp_mb": params["total_mb"], "trp_mb": params["trainable_mb"],
+        "peak_mem_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
+    }
+    if test:
+        rank0_log(f"[stream] window {w}: test D_{w + 1}  HR@10 {100 * test.hr:.2f}%  NDCG@10 "
+                  f"{100 * test.ndcg_mean:.2f}%  ({result.epochs} epochs, {result.seconds:.1f} s, "
+                  f"experts {row['experts']})")
+    return row
+
+
+def _report(report: ReportFn, row: dict, state: WindowState, config: dict, rank: int) -> None:
+    metrics = {k: v for k, v in row.items() if v is not None}
+    metrics["mean_test_ndcg10"] = _mean([r["ndcg10"] for r in state.history if r.get("ndcg10") is not None])
+    metrics["mean_test_hr10"] = _mean([r["hr10"] for r in state.history if r.get("hr10") is not None])
+    if rank != 0:
+        report(metrics, None)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        save_state(tmp, state, config["cfg"])
+        from ray.train import Checkpoint
+
+        report(metrics, Checkpoint.from_directory(tmp))
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train entry: the window loop with Train's report/checkpoint and this worker's device."""
+    import ray.train
+    import ray.train.torch
+
+    def report(metrics, checkpoint):
+        w = int(metrics["window"])
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"window_{w:04d}")
+
+    device = ray.train.torch.get_device() if config["cfg"]["train"]["use_gpu"] else torch.device("cpu")
+    run_windows(config, report, ray.train.get_checkpoint, device)
