@@ -85,6 +85,7 @@ def run_windows(config: dict, report: ReportFn, get_checkpoint: Callable[[], obj
     features = load_grouped(config["cache"], cfg.model.layers_per_group, modalities, device)
     state = restore(get_checkpoint())
     if state is None:
+        torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank and every run
         state = WindowState(window=-1, model=new_model(cfg, features))
     else:
         rank0_log(f"[stream] resuming after window {state.window}")
