@@ -118,7 +118,8 @@ def run_one_window(cfg: ExperimentConfig, raw: XSMoE, stream, n_items: int, w: i
     removed = raw.prune(cfg.model.tau, reduced_utilization(raw))
     if replay is not None:
         replay.add(torch.from_numpy(data.train_seq))
-    check_same_across_ranks(parameter_hash(raw))
+    digest = parameter_hash(raw)
+    check_same_across_ranks(digest)  # raises on every rank if any rank diverged
     params = parameter_report(raw)["model"]
     row = {
         "window": w, "test_chunk": w + 1 if w >= 1 else None,
@@ -126,6 +127,7 @@ def run_one_window(cfg: ExperimentConfig, raw: XSMoE, stream, n_items: int, w: i
         "val_ndcg10": result.best_val_ndcg, "epochs": result.epochs, "seconds": result.seconds,
         "experts": experts_per_layer(raw), "pruned": {m: {str(k): v for k, v in d.items()} for m, d in removed.items()},
         "mp_mb": params["total_mb"], "trp_mb": params["trainable_mb"],
+        "param_hash": digest,
         "peak_mem_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
     }
     if test:
