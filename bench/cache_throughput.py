@@ -8,8 +8,9 @@ the plain side calls the same two functions in a loop in this process.
 Steady state is what is compared, measured the same way on both sides: each side runs once on
 one batch and once on all items, each from a cold start, and the rate is (items - one batch) /
 (difference of the two wall times). The fixed start-up cost (Ray: Data planning + actor process +
-imports + model load + one warm-up pass; plain: model load + warm-up) cancels out; it is
-reported separately as end-to-end figures. Cases: the demo backbones (text + image) and a
+imports + model load + one warm-up pass; plain: model load + warm-up) cancels out and is reported
+on its own. Pairs are repeated with the sides alternating (A B B A), as other jobs share the machine.
+Cases: the demo backbones (text + image) and a
 BERT-base-sized random model (``BertConfig()`` defaults, demo WordPiece vocabulary; text only).
 
     python bench/cache_throughput.py [--write]      # --write updates docs/BENCHMARKS.md
@@ -43,21 +44,26 @@ BEGIN, END = "<!-- cache_throughput:begin -->", "<!-- cache_throughput:end -->"
 
 @dataclass
 class Timing:
-    """Two runs of one side: one batch, then all items, each from a cold start (new actor / model)."""
+    """Totals over ``runs`` pairs of cold runs of one side: one batch, then all items."""
 
     items: int
     small_items: int
     small_s: float
     full_s: float
+    runs: int = 1
+
+    def __add__(self, other: "Timing") -> "Timing":
+        return Timing(self.items + other.items, self.small_items + other.small_items, self.small_s + other.small_s,
+                      self.full_s + other.full_s, self.runs + other.runs)
 
     @property
     def steady_items_per_s(self) -> float:
-        """Marginal rate: the fixed start-up cost cancels between the two runs."""
+        """Marginal rate: the fixed start-up cost cancels between the two runs of a pair."""
         return (self.items - self.small_items) / (self.full_s - self.small_s)
 
     @property
     def startup_s(self) -> float:
-        return self.small_s - self.small_items / self.steady_items_per_s
+        return (self.small_s - self.small_items / self.steady_items_per_s) / self.runs
 
     @property
     def end_to_end_items_per_s(self) -> float:
@@ -75,6 +81,16 @@ def measure(run: Callable[[pa.Table], Iterable[dict[str, np.ndarray]]], table: p
     small_items, small_s = elapsed(run(table.slice(0, batch_size)))
     items, full_s = elapsed(run(table))
     return Timing(items, small_items, small_s, full_s)
+
+
+def measure_both(runs: dict[str, Callable], table: pa.Table, batch_size: int, repeats: int) -> dict[str, Timing]:
+    """Alternate the sides (A B B A …) so that load from other jobs on a shared machine hits both alike."""
+    totals: dict[str, Timing] = {}
+    for r in range(repeats):
+        for side in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
+            timing = measure(runs[side], table, batch_size)
+            totals[side] = totals[side] + timing if side in totals else timing
+    return totals
 
 
 def plain_batches(table: pa.Table, specs: dict, batch_size: int, threads: int) -> Iterator[dict[str, np.ndarray]]:
@@ -114,23 +130,28 @@ def bert_base_dir() -> Path:
     return backbones.write_text_backbone(backbones.demo_root() / "bert-base-random-v1", config)
 
 
-def run_case(name: str, overrides: list[str], n: int, batch_size: int, threads: int, images: bool) -> dict:
+def run_case(name: str, overrides: list[str], n: int, batch_size: int, threads: int, images: bool,
+             repeats: int) -> dict:
     cfg = load_config("demo", overrides)
     modalities = ["text", "image"] if images else ["text"]
     specs = {m: full_spec(m, cfg) for m in modalities}
     with tempfile.TemporaryDirectory() as tmp:
         items = synthetic_items(Path(tmp), n, images)
         table = encoding_table(items, {m: np.ones(n, bool) for m in modalities}, cfg.data.max_words)
-        ray_t = measure(lambda t: encode_with_ray(t, specs, batch_size, workers=1, threads=threads), table, batch_size)
-        plain_t = measure(lambda t: plain_batches(t, specs, batch_size, threads), table, batch_size)
+        timings = measure_both({"ray": lambda t: encode_with_ray(t, specs, batch_size, workers=1, threads=threads),
+                                "plain": lambda t: plain_batches(t, specs, batch_size, threads)},
+                               table, batch_size, repeats)
+    ray_t, plain_t = timings["ray"], timings["plain"]
     ratio = ray_t.steady_items_per_s / plain_t.steady_items_per_s
     print(f"{name}: ray {ray_t.steady_items_per_s:.1f} items/s, plain {plain_t.steady_items_per_s:.1f} items/s, "
           f"ratio {ratio:.2f} (end to end: ray {ray_t.end_to_end_items_per_s:.1f}, "
           f"plain {plain_t.end_to_end_items_per_s:.1f})", flush=True)
-    return {"case": name, "items": n, "batch": batch_size, "ray": ray_t, "plain": plain_t, "ratio": ratio}
+    return {"case": name, "items": n, "batch": batch_size, "repeats": repeats, "ray": ray_t, "plain": plain_t,
+            "ratio": ratio}
 
 
 def markdown(results: list[dict], command: str, threads: int, final: str) -> str:
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg()) + " over 1 / 5 / 15 min at the end"
     rows = "\n".join(
         f"| {r['case']} | {r['items']} | {r['batch']} | {r['ray'].steady_items_per_s:.1f} | "
         f"{r['plain'].steady_items_per_s:.1f} | **{r['ratio']:.2f}** | {r['ray'].startup_s:.1f} | "
@@ -140,18 +161,20 @@ def markdown(results: list[dict], command: str, threads: int, final: str) -> str
 ## Cache build throughput (`bench/cache_throughput.py`)
 
 Command: `{command}`
-Machine: {os.cpu_count()} CPU cores, no GPU; {threads} torch threads on both sides; one encoder actor.
+Machine: {os.cpu_count()} CPU cores, no GPU, shared with other jobs (load average {load}); {threads} torch
+threads on both sides; one encoder actor.
 
 | case | items | batch | Ray items/s (steady) | plain items/s (steady) | Ray / plain | Ray start-up s | plain start-up s | Ray items/s (end to end) | plain items/s (end to end) |
 |---|---|---|---|---|---|---|---|---|---|
 {rows}
 
 What is timed: both sides run `prepare_batch` then `LayerEncoder` on the same items, batch size and
-thread count. *Steady* = marginal rate from two cold runs per side, one batch and all items:
+thread count. *Steady* = marginal rate from pairs of cold runs per side, one batch and all items:
 (items - one batch) / (time of the full run - time of the one-batch run), so start-up cancels
 (for Ray: Data planning + actor process + imports + model load + a warm-up pass; for the plain loop:
-model load + warm-up). *Start-up* = the one-batch run's time minus one batch at the steady rate.
-*End to end* = items / full-run time, start-up included. Each side runs alone, in sequence.
+model load + warm-up); totals over {results[0]['repeats']} pairs per side, sides alternating (A B B A) so
+that load from other jobs hits both alike. *Start-up* = the one-batch run's time minus one batch at
+the steady rate. *End to end* = items / full-run time, start-up included.
 On CPU, Ray Data fuses the CPU stage into the encoder actor (same resources), so the
 actor does exactly the plain loop's work; the driver only receives the arrays.
 
@@ -174,11 +197,12 @@ def write_section(text: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--demo-items", type=int, default=2048)
-    parser.add_argument("--demo-batch", type=int, default=128)
+    parser.add_argument("--demo-items", type=int, default=16384)
+    parser.add_argument("--demo-batch", type=int, default=256)
     parser.add_argument("--base-items", type=int, default=320)
     parser.add_argument("--base-batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads, both sides")
+    parser.add_argument("--repeats", type=int, default=2, help="pairs of runs per side, alternating sides")
     parser.add_argument("--write", action="store_true", help=f"update the cache_throughput section of {DOC}")
     args = parser.parse_args(argv)
 
@@ -191,9 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     ensure_ray(num_cpus=os.cpu_count() or 1)
     DataContext.get_current().enable_progress_bars = False
     results = [
-        run_case("demo backbones (text + image)", [], args.demo_items, args.demo_batch, args.threads, images=True),
+        run_case("demo backbones (text + image)", [], args.demo_items, args.demo_batch, args.threads, images=True,
+                 repeats=args.repeats),
         run_case("BERT-base-sized random (text)", [f"backbone.text={bert_base_dir()}", "backbone.image=none"],
-                 args.base_items, args.base_batch, args.threads, images=False),
+                 args.base_items, args.base_batch, args.threads, images=False, repeats=args.repeats),
     ]
     ray.shutdown()
     base = results[-1]

@@ -63,12 +63,17 @@ def cfg(*overrides: str):
     return load_config("demo", [f"cache.batch_size={BATCH}", *overrides])
 
 
+def build(data: Path, cache_dir: Path, config=None):
+    """One torch thread: the tiny models gain nothing from more, and a busy 2-core box loses a lot."""
+    return build_cache(data, cache_dir, config or cfg(), threads=1)
+
+
 @pytest.fixture(scope="module")
 def built(ray_session, tmp_path_factory):
     """A text+image cache of 10 items built through Ray Data."""
     root = tmp_path_factory.mktemp("cache_e2e")
     data = write_prepared(root / "data", 10)
-    report = build_cache(data, root / "cache", cfg())
+    report = build(data, root / "cache")
     return data, root / "cache", report
 
 
@@ -137,7 +142,7 @@ def test_cached_layers_equal_running_the_backbone(built, row):
 def test_second_run_encodes_nothing_and_writes_nothing(built):
     data, cache_dir, _ = built
     before = open_cache(cache_dir).manifest["build_id"]
-    report = build_cache(data, cache_dir, cfg())
+    report = build(data, cache_dir)
     assert report.encoded == {"text": 0, "image": 0}
     assert open_cache(cache_dir).manifest["build_id"] == before
 
@@ -167,7 +172,7 @@ def test_check_cache_accepts_the_items_it_was_built_for(built):
 def test_mismatched_backbones_are_refused(built, overrides, expected):
     data, cache_dir, _ = built
     with pytest.raises(CacheMismatchError, match="rebuild") as err:
-        build_cache(data, cache_dir, cfg(*overrides))
+        build(data, cache_dir, cfg(*overrides))
     assert expected in err.value.differences
     with pytest.raises(CacheMismatchError):
         check_cache(cache_dir, read_items(data), cfg(*overrides).backbone, max_words=cfg(*overrides).data.max_words)
@@ -199,7 +204,7 @@ def run_build_subprocess(ray_session, data: Path, cache_dir: Path, kill_at: str)
     """The CLI in a child process attached to the test cluster, SIGKILLed at ``kill_at``."""
     env = dict(os.environ, RAY_ADDRESS=ray_session.get_runtime_context().gcs_address, **{KILL_ENV: kill_at})
     cmd = [sys.executable, "-m", "xsmoe_ray.cache", "--data", str(data), "--out", str(cache_dir),
-           f"cache.batch_size={BATCH}"]
+           "--threads", "1", f"cache.batch_size={BATCH}"]
     return subprocess.run(cmd, env=env, capture_output=True, timeout=120).returncode
 
 
@@ -224,7 +229,7 @@ def test_update_killed_mid_encoding_keeps_cache_then_encodes_only_new_items(ray_
     assert all(np.array_equal(intact.arrays[m], before.arrays[m]) for m in ("text", "image"))
     assert len(list(cache_dir.glob("build-*"))) == 2  # the dead build's partial arrays, named by no manifest
 
-    update = build_cache(data, cache_dir, cfg())
+    update = build(data, cache_dir)
     assert update.encoded == {"text": 3, "image": 2} and update.reused == {"text": 9, "image": 10}
     after = open_cache(cache_dir)
     assert np.array_equal(after.arrays["text"][2:11], before.arrays["text"][2:11])
@@ -237,7 +242,7 @@ def test_update_killed_mid_encoding_keeps_cache_then_encodes_only_new_items(ray_
 
 def test_text_only_dataset_builds_a_text_only_cache(ray_session, tmp_path):
     data = write_prepared(tmp_path / "data", 5, images=False)
-    report = build_cache(data, tmp_path / "cache", cfg())
+    report = build(data, tmp_path / "cache")
     assert report.encoded == {"text": 5}
     assert sorted(p.name for p in (tmp_path / "cache" / report.manifest["build_id"]).iterdir()) == ["text.npy"]
     assert list(load_grouped(tmp_path / "cache", 4)) == ["text"]

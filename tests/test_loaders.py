@@ -218,6 +218,12 @@ def test_generic_parquet_typed_columns(tmp_path):
     ds = load_generic(tmp_path)
     assert rows(ds) == [(0, 2, 1600000000)] and ds.user_ids.to_pylist() == ["7"]
     assert ds.report.dropped == {"empty_timestamp": 1}
+    nanos = pa.array([1600000000_123456789, 1600000001_000000000], pa.timestamp("ns", "Europe/Paris"))
+    dates = pa.array([dt.date(2020, 9, 13), dt.date(2020, 9, 14)], pa.date32())
+    for stamps, expected in ((nanos, [1600000000, 1600000001]), (dates, [day("2020-09-13"), day("2020-09-14")])):
+        pq.write_table(pa.table({"user_id": ["a", "b"], "item_id": ["sku-1", "sku-1"], "timestamp": stamps}),
+                       tmp_path / "interactions.parquet")
+        assert [t for _, _, t in rows(load_generic(tmp_path))] == expected
 
 
 def test_generic_text_only(tmp_path):

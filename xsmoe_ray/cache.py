@@ -18,6 +18,10 @@ pointing at partial arrays. Unreferenced build directories are removed by the ne
 and ``max_tokens``) or ``image_size``, the array file/shape/dtype, the content hash of every item
 (sha1 of the text after truncation / of the image file bytes) and the failures (item id → reason,
 encoded from a placeholder); plus ``rows`` (item id → row) and per-modality counts.
+
+Placeholders: an empty text is encoded as the tokenizer's special tokens alone ([CLS] [SEP]); an item
+without an image, a missing file or one Pillow cannot decode is encoded as a uniform mid-grey image.
+Both are listed under the modality's ``failures`` and never stop a build.
 """
 
 from __future__ import annotations

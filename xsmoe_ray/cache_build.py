@@ -273,41 +273,50 @@ def _previous(cache_dir: Path):
 
 def _write_build(cache_dir: Path, items: pa.Table, specs: dict[str, dict], hashes: dict[str, list[str]],
                  reuse: dict[str, np.ndarray], old, cfg, threads: int) -> BuildReport:
+    """Write a complete new build directory, then commit it by replacing the manifest."""
     build = f"build-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     (cache_dir / build).mkdir()
     item_ids = items.column("item_id").to_pylist()
-    outs, failures = {}, {}
-    for m, spec in specs.items():
-        shape = (items.num_rows + 1, spec["layers"] + 1, spec["dim"])
-        # A new file is zero-filled, so row 0 (padding) needs no write.
-        outs[m] = np.lib.format.open_memmap(cache_dir / build / f"{m}.npy", mode="w+", dtype=np.float16, shape=shape)
-        failures[m] = _copy_reused(outs[m], reuse[m], old, m, item_ids)
+    paths = {m: cache_dir / build / f"{m}.npy" for m in specs}
+    # New files are zero-filled, so row 0 (padding) needs no write.
+    outs = {m: np.lib.format.open_memmap(paths[m], mode="w+", dtype=np.float16,
+                                         shape=(items.num_rows + 1, spec["layers"] + 1, spec["dim"]))
+            for m, spec in specs.items()}
+    failures = {m: _copy_reused(outs[m], reuse[m], old, m, item_ids) for m in specs}
     need = {m: reuse[m] < 0 for m in specs}
     if any(n.any() for n in need.values()):
         for m, errors in _encode_needed(outs, items, need, specs, cfg, threads).items():
             failures[m].update(errors)
-    report = BuildReport(cache_dir, {})
+    for m in specs:
+        outs[m].flush()
+        _fsync(paths[m])
+    del outs
+    manifest = _manifest(build, item_ids, specs, hashes, need, failures)
+    _maybe_kill("commit")
+    _commit(cache_dir, manifest)
+    counts = {m: e["counts"] for m, e in manifest["modalities"].items()}
+    return BuildReport(cache_dir, manifest, {m: c["encoded"] for m, c in counts.items()},
+                       {m: c["reused"] for m, c in counts.items()}, {m: c["failed"] for m, c in counts.items()})
+
+
+def _manifest(build: str, item_ids: list[str], specs: dict[str, dict], hashes: dict[str, list[str]],
+              need: dict[str, np.ndarray], failures: dict[str, dict[str, str]]) -> dict[str, Any]:
+    n = len(item_ids)
     entries = {}
     for m, spec in specs.items():
-        outs[m].flush()
-        _fsync(cache_dir / build / f"{m}.npy")
-        report.encoded[m] = int(need[m].sum())
-        report.reused[m], report.failed[m] = len(item_ids) - report.encoded[m], len(failures[m])
-        entries[m] = {**spec, "file": f"{build}/{m}.npy", "shape": list(outs[m].shape), "dtype": "float16",
-                      "hashes": dict(zip(item_ids, hashes[m])), "failures": dict(sorted(failures[m].items())),
-                      "counts": {"encoded": report.encoded[m], "reused": report.reused[m], "failed": report.failed[m]}}
-    del outs
-    report.manifest = {
+        encoded = int(need[m].sum())
+        entries[m] = {**spec, "file": f"{build}/{m}.npy", "shape": [n + 1, spec["layers"] + 1, spec["dim"]],
+                      "dtype": "float16", "hashes": dict(zip(item_ids, hashes[m])),
+                      "failures": dict(sorted(failures[m].items())),
+                      "counts": {"encoded": encoded, "reused": n - encoded, "failed": len(failures[m])}}
+    return {
         "format_version": FORMAT_VERSION,
         "build_id": build,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "n_items": items.num_rows,
-        "rows": {i: k for k, i in enumerate(item_ids, start=1)},
+        "n_items": n,
+        "rows": {item_id: k for k, item_id in enumerate(item_ids, start=1)},
         "modalities": entries,
     }
-    _maybe_kill("commit")
-    _commit(cache_dir, report.manifest)
-    return report
 
 
 def _copy_reused(out: np.ndarray, reuse: np.ndarray, old, modality: str, item_ids: list[str]) -> dict[str, str]:

@@ -76,7 +76,6 @@ REVIEW_SCHEMA = pa.schema([("reviewerID", pa.string()), ("asin", pa.string()), (
 _REVIEWS_RE = re.compile(r"^(?!meta_)(?!\.)(.+?)\.json(\.gz)?$")
 _META_RE = re.compile(r"^meta_(.+?)\.json(\.gz)?$")
 _TAG_RE = re.compile(r"<[^>]*>")
-_SPACE_RE = re.compile(r"\s+")
 _SAFE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _READ_ERRORS = (OSError, EOFError, zlib.error)  # a truncated or corrupt gzip stream
 
@@ -215,9 +214,14 @@ def clean_html(value) -> str:
         return ""
     if isinstance(value, (list, tuple)):
         return " ".join(filter(None, (clean_html(v) for v in value)))
-    text = _TAG_RE.sub(" ", value if isinstance(value, str) else str(value))
-    text = _TAG_RE.sub(" ", html.unescape(text))  # escaped markup (&lt;br&gt;) becomes a tag too
-    return _SPACE_RE.sub(" ", text).strip()
+    text = value if isinstance(value, str) else str(value)
+    if "<" in text:  # the checks skip two regex passes for the many plain strings
+        text = _TAG_RE.sub(" ", text)
+    if "&" in text:
+        text = html.unescape(text)
+        if "<" in text:  # escaped markup (&lt;br&gt;) is a tag once unescaped
+            text = _TAG_RE.sub(" ", text)
+    return " ".join(text.split())
 
 
 def join_sentences(parts: list[str]) -> str:
@@ -296,16 +300,19 @@ def read_reviews(path: Path, report: LoadReport, *, fast: bool = True
 def _read_reviews_arrow(path: Path) -> pa.Table | None:
     """The multithreaded fast path; None when the file needs the forgiving per-line reader."""
     try:
-        return pajson.read_json(
+        table = pajson.read_json(
             path,
             read_options=pajson.ReadOptions(use_threads=True, block_size=BLOCK_SIZE),
             parse_options=pajson.ParseOptions(explicit_schema=REVIEW_SCHEMA, unexpected_field_behavior="ignore"),
         )
+        table.validate(full=True)  # the JSON parser passes some invalid UTF-8 through into strings
     except (pa.ArrowException, ValueError, *_READ_ERRORS):
         return None
+    return table
 
 
-def _read_reviews_lines(path: Path, report: LoadReport) -> tuple[pa.ChunkedArray, pa.ChunkedArray, np.ndarray, np.ndarray]:
+def _read_reviews_lines(path: Path, report: LoadReport
+                        ) -> tuple[pa.ChunkedArray, pa.ChunkedArray, np.ndarray, np.ndarray]:
     users: list[str] = []
     items: list[str] = []
     ts: list[int] = []

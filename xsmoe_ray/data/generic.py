@@ -55,8 +55,9 @@ from xsmoe_ray.data.schema import ITEMS_SCHEMA, DataError, Dataset, LoadReport, 
 
 INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp")
 ITEM_COLUMNS = ("item_id", "text", "image")
-BLOCK_SIZE = 16 << 20  # big CSV blocks: fewer chunks to stitch on multi-GB files
+BLOCK_SIZE = 64 << 20  # big blocks: less per-block overhead (and kernel time) on multi-GB files
 MAX_EXAMPLES = 3  # offending values quoted in a note
+EXAMPLE_CHARS = 80  # ... each cut to this length
 PARALLEL_ROWS = 2_000_000  # id columns at least this long are encoded on several threads
 
 _TYPE_WORDS = {pa.date32(): "YYYY-MM-DD", pa.int64(): "an integer", pa.float64(): "a number"}
@@ -66,6 +67,16 @@ _OFFSET_RE = r"[T ]\d\d:\d\d(:\d\d(\.\d+)?)?\s*([Zz]|[+-]\d\d(:?\d\d)?)$"
 
 
 # ---------------------------------------------------------------------------- files and CSV
+
+
+def examples(values: Sequence) -> list:
+    """The first few offending values for a note, long ones shortened."""
+    out = []
+    for v in values[:MAX_EXAMPLES]:
+        if isinstance(v, (str, bytes)) and len(v) > EXAMPLE_CHARS:
+            v = v[:EXAMPLE_CHARS] + ("..." if isinstance(v, str) else b"...")
+        out.append(v)
+    return out
 
 
 def require_file(path: Path) -> Path:
@@ -88,10 +99,11 @@ def csv_header(path: Path) -> list[str]:
     return next(csv.reader([line.rstrip("\r\n")]), [])
 
 
-def check_columns(path: Path, present: Sequence[str], required: Sequence[str]) -> None:
+def check_columns(path: Path, present: Sequence[str], required: Sequence[str], row: int | None = 1) -> None:
+    """A DataError naming the first required column that is absent (``row`` 1: a CSV header)."""
     missing = [c for c in required if c not in present]
     if missing:
-        raise DataError(str(path), f"missing column; the file has {list(present)}", row=1, field=missing[0])
+        raise DataError(str(path), f"missing column; the file has {list(present)}", row=row, field=missing[0])
 
 
 def read_csv(path: Path, types: dict[str, pa.DataType], *, optional: Sequence[str] = (),
@@ -130,22 +142,11 @@ def _convert_options(include: list[str], types: dict[str, pa.DataType]) -> pacsv
 
 def locate_bad_value(path: Path, include: list[str], types: dict[str, pa.DataType], multiline: bool,
                      error: Exception) -> DataError:
-    """The error path of :func:`read_csv`: re-read as raw bytes and find the first bad value.
-
-    Single-threaded so skipped malformed lines come with their line numbers; slow is fine here.
-    """
-    skipped: list[int] = []
-
-    def skip(row) -> str:
-        skipped.append(row.number or 0)
-        return "skip"
-
-    raw = pacsv.read_csv(
-        path,
-        read_options=pacsv.ReadOptions(use_threads=False, block_size=BLOCK_SIZE),
-        parse_options=pacsv.ParseOptions(newlines_in_values=multiline, invalid_row_handler=skip),
-        convert_options=pacsv.ConvertOptions(include_columns=include, column_types={c: pa.binary() for c in include}),
-    )
+    """The error path of :func:`read_csv`: re-read as raw bytes and find the first bad value."""
+    try:
+        raw, skipped = read_raw(path, include, multiline)
+    except pa.ArrowInvalid:  # the CSV itself does not parse, whatever the column types
+        return DataError(str(path), f"cannot read CSV: {error}")
     found = []  # (row index, column) of the first bad value per column
     for name in include:
         target = types[name]
@@ -178,6 +179,25 @@ def describe_bad(value: bytes, target: pa.DataType) -> str:
     except UnicodeDecodeError as e:
         return f"invalid UTF-8 byte 0x{value[e.start]:02x} in {value!r} (re-encode the file as UTF-8)"
     return f"cannot parse {text!r} as {_TYPE_WORDS.get(target, str(target))}"
+
+
+def read_raw(path: Path, include: Sequence[str], multiline: bool = False) -> tuple[pa.Table, list[int]]:
+    """``include`` as bytes, and the line numbers of skipped malformed lines (error path only:
+    single-threaded, because only then does pyarrow give those line numbers)."""
+    numbers: list[int] = []
+
+    def skip(row) -> str:
+        numbers.append(row.number or 0)
+        return "skip"
+
+    table = pacsv.read_csv(
+        path,
+        read_options=pacsv.ReadOptions(use_threads=False, block_size=BLOCK_SIZE),
+        parse_options=pacsv.ParseOptions(newlines_in_values=multiline, invalid_row_handler=skip),
+        convert_options=pacsv.ConvertOptions(include_columns=list(include),
+                                             column_types={c: pa.binary() for c in include}),
+    )
+    return table, numbers
 
 
 def csv_line(index: int, skipped: Sequence[int]) -> int:
@@ -218,16 +238,17 @@ def decode_text(values: pa.ChunkedArray | pa.Array, path: Path, field: str, repo
         return pc.fill_null(values.cast(pa.string()), "")
     except pa.ArrowInvalid:
         pass
-    raw = values.to_pylist()
-    bad = []
+    raw = values.to_pylist()  # error path: a Python pass over one column of the items file
+    text: list[str] = []
+    bad: list[int] = []
     for i, v in enumerate(raw):
         try:
-            v.decode("utf-8") if v is not None else None
+            text.append("" if v is None else v.decode("utf-8"))
         except UnicodeDecodeError:
             bad.append(i)
-    text = [v.decode("utf-8", errors="replace") if v is not None else "" for v in raw]
+            text.append(v.decode("utf-8", errors="replace"))
     report.notes.append(f"{path}: {len(bad)} value(s) of '{field}' were not valid UTF-8 and were repaired "
-                        f"with U+FFFD, e.g. {[raw[i] for i in bad[:MAX_EXAMPLES]]}")
+                        f"with U+FFFD, e.g. {examples([raw[i] for i in bad])}")
     return pa.array(text, pa.string())
 
 
@@ -249,7 +270,7 @@ def read_parquet(path: Path, columns: Sequence[str], *, optional: Sequence[str] 
         names = pq.read_schema(path).names
     except (pa.ArrowException, OSError) as e:
         raise DataError(str(path), f"cannot read parquet: {e}") from None
-    check_columns(path, names, [c for c in columns if c not in optional])
+    check_columns(path, names, [c for c in columns if c not in optional], row=None)
     try:
         return pq.read_table(path, columns=[c for c in columns if c in names])
     except (pa.ArrowException, OSError) as e:
@@ -264,7 +285,7 @@ def as_ids(values: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray:
     values = values if isinstance(values, pa.ChunkedArray) else pa.chunked_array([values])
     if not pa.types.is_string(values.type):
         values = values.cast(pa.string())
-    return pc.fill_null(values, "")
+    return pc.fill_null(values, "") if values.null_count else values  # no 2 GB copy for nothing
 
 
 def dictionary_codes(values: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
@@ -342,9 +363,9 @@ def unique_item_rows(item_ids: pa.Array, path: Path, report: LoadReport) -> np.n
     if empty.any():
         report.notes.append(f"{path}: {int(empty.sum())} item row(s) without an id were ignored")
     if repeated.any():
-        examples = ids.filter(pa.array(repeated)).to_pylist()[:MAX_EXAMPLES]
+        repeated_ids = ids.filter(pa.array(repeated)).to_pylist()
         report.notes.append(f"{path}: {int(repeated.sum())} item row(s) repeat an earlier id and were ignored "
-                            f"(first kept), e.g. {examples}")
+                            f"(first kept), e.g. {examples(repeated_ids)}")
     return first & ~empty
 
 
@@ -377,15 +398,14 @@ def existing_files(paths: Sequence[str | None]) -> np.ndarray:
 
 def resolve_images(root: Path, rel: Sequence[str | None], path: Path, report: LoadReport) -> pa.Array:
     """Absolute image paths (null when empty or the file is missing; missing ones are noted)."""
-    base = root.resolve()
-    full = [str(base / p) if p else None for p in rel]
+    base = str(root.resolve())
+    full = [os.path.normpath(os.path.join(base, p)) if p else None for p in rel]
     found = existing_files(full)
     listed = np.array([bool(p) for p in rel], dtype=bool)
     missing = listed & ~found
     if missing.any():
-        examples = [rel[i] for i in np.flatnonzero(missing)[:MAX_EXAMPLES]]
         report.notes.append(f"{path}: {int(missing.sum())} listed image file(s) do not exist; their image is "
-                            f"null, e.g. {examples}")
+                            f"null, e.g. {examples([rel[i] for i in np.flatnonzero(missing)])}")
     return pa.array([p if ok else None for p, ok in zip(full, found)], pa.string())
 
 
@@ -408,7 +428,8 @@ def _day_seconds(day: str, key: str) -> int | None:
         raise DataError(key, f"cannot parse {day!r} as YYYY-MM-DD") from None
 
 
-def timestamp_seconds(values: pa.ChunkedArray, path: Path, line_of: Callable[[int], int]) -> tuple[np.ndarray, np.ndarray]:
+def timestamp_seconds(values: pa.ChunkedArray, path: Path,
+                      line_of: Callable[[int], int]) -> tuple[np.ndarray, np.ndarray]:
     """(seconds per row, True where the value is empty) for any supported timestamp column."""
     values = values.combine_chunks()
     kind = values.type
@@ -419,10 +440,13 @@ def timestamp_seconds(values: pa.ChunkedArray, path: Path, line_of: Callable[[in
         seconds = values.cast(pa.float64()).fill_null(0).to_numpy(zero_copy_only=False).copy()
         seconds[empty] = 0
         return np.floor(seconds).astype(np.int64), empty
-    if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
-        micro = values.cast(pa.timestamp("us", kind.tz) if pa.types.is_timestamp(kind) else pa.timestamp("us"))
+    if pa.types.is_date(kind):
+        values = values.cast(pa.timestamp("s"))
+        kind = values.type
+    if pa.types.is_timestamp(kind):  # stored as UTC ticks, tz-aware or not; floor to whole seconds
+        per_second = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}[kind.unit]
         empty = values.is_null().to_numpy(zero_copy_only=False)
-        return micro.cast(pa.int64()).fill_null(0).to_numpy() // 1_000_000, empty
+        return values.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False) // per_second, empty
     if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_dictionary(kind):
         return _parse_time_strings(values.cast(pa.string()), path, line_of)
     raise DataError(str(path), f"unsupported timestamp type {kind}", field="timestamp")
@@ -430,6 +454,12 @@ def timestamp_seconds(values: pa.ChunkedArray, path: Path, line_of: Callable[[in
 
 def _parse_time_strings(values: pa.Array, path: Path, line_of: Callable[[int], int]) -> tuple[np.ndarray, np.ndarray]:
     """Each string by its own shape: digits → seconds, a number → floored seconds, else ISO 8601."""
+    blank = pc.fill_null(pc.equal(values, ""), True)
+    try:  # the common case, all int seconds: one cast, no regex passes
+        seconds = pc.if_else(blank, pa.scalar(None, pa.string()), values).cast(pa.int64())
+        return seconds.fill_null(0).to_numpy(zero_copy_only=False), blank.to_numpy(zero_copy_only=False)
+    except pa.ArrowInvalid:
+        pass
     text = pc.utf8_trim_whitespace(pc.fill_null(values, ""))
     empty = pc.equal(text, "").to_numpy(zero_copy_only=False)
     is_int = pc.match_substring_regex(text, _INT_RE).to_numpy(zero_copy_only=False)
@@ -511,11 +541,12 @@ def read_generic(root, *, date_from: str = "", date_to: str = "", dedup: bool = 
     report.files.append(str(path))
     if path.suffix == ".csv":
         table, malformed = read_csv(path, {"user_id": pa.string(), "item_id": pa.string(), "timestamp": pa.string()})
-        count_malformed(path, malformed, report)
+        note_malformed(path, malformed, report, drop=True)
     else:
         table, malformed = read_parquet(path, INTERACTION_COLUMNS), []
     report.rows_read = table.num_rows + len(malformed)
-    line_of = (lambda i: i + 2) if path.suffix == ".csv" else (lambda i: i + 1)  # parquet: 1-based row
+    line_of = (lambda i: i + 1) if path.suffix == ".parquet" else (  # parquet: the 1-based row
+        lambda i: csv_line(i, read_raw(path, INTERACTION_COLUMNS)[1] if malformed else ()))
     ts, ts_empty = timestamp_seconds(table.column("timestamp"), path, line_of)
     row_items = as_ids(table.column("item_id"))
     return assemble("generic", path, report, dictionary_codes(table.column("user_id")),
@@ -523,12 +554,13 @@ def read_generic(root, *, date_from: str = "", date_to: str = "", dedup: bool = 
                     pc.equal(row_items, "").to_numpy(), ts, ts_empty, catalogue, window, dedup)
 
 
-def count_malformed(path: Path, malformed: list[str], report: LoadReport) -> None:
-    """Interaction lines with the wrong number of fields: a counted drop, with examples in a note."""
+def note_malformed(path: Path, malformed: list[str], report: LoadReport, *, drop: bool) -> None:
+    """Lines with the wrong number of fields: noted with examples; ``drop``: also counted as rows."""
     if malformed:
-        report.drop("malformed_row", len(malformed))
+        if drop:
+            report.drop("malformed_row", len(malformed))
         report.notes.append(f"{path}: {len(malformed)} line(s) with the wrong number of fields were skipped, "
-                            f"e.g. {malformed[:MAX_EXAMPLES]}")
+                            f"e.g. {examples(malformed)}")
 
 
 def _read_items(root: Path, report: LoadReport) -> pa.Table:
@@ -537,9 +569,7 @@ def _read_items(root: Path, report: LoadReport) -> pa.Table:
     if path.suffix == ".csv":
         types = {"item_id": pa.string(), "text": pa.binary(), "image": pa.string()}
         table, malformed = read_csv(path, types, optional=("text", "image"), multiline=True)
-        if malformed:
-            report.notes.append(f"{path}: {len(malformed)} line(s) with the wrong number of fields were skipped, "
-                                f"e.g. {malformed[:MAX_EXAMPLES]}")
+        note_malformed(path, malformed, report, drop=False)
     else:
         table = read_parquet(path, ITEM_COLUMNS, optional=("text", "image"))
     if table.num_rows == 0:

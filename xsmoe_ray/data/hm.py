@@ -45,7 +45,6 @@ import pyarrow.compute as pc
 
 from xsmoe_ray.data.generic import (
     assemble,
-    count_malformed,
     date_window,
     decode_text,
     dictionary_codes,
@@ -53,6 +52,7 @@ from xsmoe_ray.data.generic import (
     item_codes,
     items_table,
     normalise_space,
+    note_malformed,
     read_csv,
     unique_item_rows,
 )
@@ -64,7 +64,7 @@ TEXT_COLUMNS = ("prod_name", "product_type_name", "colour_group_name", "detail_d
 TRANSACTION_TYPES = {
     "t_dat": pa.date32(),
     # Plain strings, dictionary-encoded after the read: reading as a dictionary type gives every
-    # chunk its own dictionary, and merging 186 of them costs more than one shared hash table.
+    # chunk its own dictionary, and merging them costs more than one shared hash table.
     "customer_id": pa.string(),
     "article_id": pa.int64(),
 }
@@ -82,7 +82,7 @@ def load_hm(root, *, date_from: str = "", date_to: str = "", dedup: bool = True)
     path = root / TRANSACTIONS
     report.files.append(str(path))
     table, malformed = read_csv(path, TRANSACTION_TYPES)
-    count_malformed(path, malformed, report)
+    note_malformed(path, malformed, report, drop=True)
     report.rows_read = table.num_rows + len(malformed)
     days, articles = table.column("t_dat"), table.column("article_id")
     ts = days.cast(pa.int32()).fill_null(0).to_numpy().astype(np.int64) * DAY_S
@@ -99,9 +99,7 @@ def _read_articles(root: Path, report: LoadReport) -> tuple[pa.Table, pa.Array]:
     path = root / ARTICLES
     report.files.append(str(path))
     table, malformed = read_csv(path, ARTICLE_TYPES, multiline=True)
-    if malformed:
-        report.notes.append(f"{path}: {len(malformed)} line(s) with the wrong number of fields were skipped, "
-                            f"e.g. {malformed[:3]}")
+    note_malformed(path, malformed, report, drop=False)
     if table.num_rows == 0:
         raise DataError(str(path), "no articles (the file has no data rows)")
     table = table.filter(pa.array(unique_item_rows(table.column("article_id"), path, report)))

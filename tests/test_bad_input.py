@@ -1,0 +1,369 @@
+"""Bad input: every case is a DataError naming file, line and field, or a counted drop (never silent)."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.fixtures import (
+    AMAZON_REVIEWS,
+    GENERIC_INTERACTIONS,
+    HM_TRANSACTIONS,
+    amazon_lines,
+    hm_transactions_text,
+    write_amazon,
+    write_bytes,
+    write_generic,
+    write_hm,
+)
+from xsmoe_ray.data import DataError, load_amazon, load_dataset, load_generic, load_hm
+
+WRITERS = {
+    "hm": write_hm,
+    "amazon": write_amazon,
+    "generic": write_generic,
+    "generic-parquet": lambda root: write_generic(root, fmt="parquet"),
+}
+
+
+def load(fmt: str, root: Path, **kw):
+    return load_dataset(fmt.split("-")[0], root, category="All_Beauty" if fmt == "amazon" else "", **kw)
+
+
+def replace_line(path: Path, number: int, line: bytes) -> None:
+    """Put ``line`` at 1-based line ``number`` (gzip-aware)."""
+    data = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
+    lines = data.split(b"\n")
+    lines[number - 1] = line
+    write_bytes(path, b"\n".join(lines))
+
+
+def insert_line(path: Path, number: int, line: bytes) -> None:
+    data = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
+    lines = data.split(b"\n")
+    lines.insert(number - 1, line)
+    write_bytes(path, b"\n".join(lines))
+
+
+def without_column(path: Path, column: str) -> None:
+    if path.suffix == ".parquet":
+        table = pq.read_table(path)
+        pq.write_table(table.drop_columns([column]), path)
+        return
+    lines = path.read_text().splitlines()
+    k = lines[0].split(",").index(column)
+    path.write_text("\n".join(",".join(c for j, c in enumerate(line.split(",")) if j != k) for line in lines) + "\n")
+
+
+# ---------------------------------------------------------------------------- missing things
+
+
+@pytest.mark.parametrize("fmt, name", [
+    ("hm", "transactions_train.csv"), ("hm", "articles.csv"), ("amazon", "All_Beauty.json.gz"),
+    ("amazon", "meta_All_Beauty.json.gz"), ("generic", "interactions.csv"), ("generic", "items.csv"),
+    ("generic-parquet", "items.parquet"),
+])
+def test_missing_file(tmp_path, fmt, name):
+    WRITERS[fmt](tmp_path)
+    (tmp_path / name).unlink()
+    with pytest.raises(DataError) as e:
+        load(fmt, tmp_path)
+    assert str(tmp_path) in str(e.value) and name in str(e.value)  # generic names both suffixes
+    assert "not found" in str(e.value) or "no reviews file" in str(e.value)
+
+
+@pytest.mark.parametrize("fmt, name, column", [
+    ("hm", "transactions_train.csv", "t_dat"), ("hm", "transactions_train.csv", "customer_id"),
+    ("hm", "articles.csv", "detail_desc"), ("generic", "interactions.csv", "timestamp"),
+    ("generic", "items.csv", "item_id"), ("generic-parquet", "interactions.parquet", "user_id"),
+])
+def test_missing_column(tmp_path, fmt, name, column):
+    WRITERS[fmt](tmp_path)
+    without_column(tmp_path / name, column)
+    where = f", line 1, field '{column}'" if name.endswith(".csv") else f", field '{column}'"
+    with pytest.raises(DataError, match=f"{name}{where}: missing column; the file has"):
+        load(fmt, tmp_path)
+
+
+def test_missing_root_and_amazon_ambiguity(tmp_path):
+    with pytest.raises(DataError, match="dataset root directory not found"):
+        load_dataset("generic", tmp_path / "absent")
+    write_amazon(tmp_path)
+    write_amazon(tmp_path, "Books", gz=False)
+    with pytest.raises(DataError, match=r"exactly one reviews file.*\['All_Beauty.json.gz', 'Books.json'\]"):
+        load_amazon(tmp_path)
+    with pytest.raises(DataError, match=r"no reviews file for category 'Toys'.*reviews files here"):
+        load_amazon(tmp_path, "Toys")
+
+
+# ---------------------------------------------------------------------------- unparseable values
+
+
+def test_hm_bad_date_names_file_line_field(tmp_path):
+    write_hm(tmp_path)
+    path = tmp_path / "transactions_train.csv"
+    lines = path.read_text().splitlines()
+    replace_line(path, 7, lines[6].replace("2018-09-22", "2020-13-45").encode())
+    with pytest.raises(DataError) as e:
+        load_hm(tmp_path)
+    assert str(e.value) == f"{path}, line 7, field 't_dat': cannot parse '2020-13-45' as YYYY-MM-DD"
+    assert (e.value.file, e.value.row, e.value.field) == (str(path), 7, "t_dat")
+
+
+def test_hm_line_number_counts_skipped_malformed_lines(tmp_path):
+    text = hm_transactions_text([*HM_TRANSACTIONS[:2], ("20/09/2018", 1, 108775015)])
+    path = write_hm(tmp_path) / "transactions_train.csv"
+    path.write_text(text)
+    insert_line(path, 3, b"2018-09-20,only-two-fields")  # skipped and counted, still a line
+    with pytest.raises(DataError, match=r"line 5, field 't_dat': cannot parse '20/09/2018' as YYYY-MM-DD"):
+        load_hm(tmp_path)
+
+
+def test_hm_bad_article_id(tmp_path):
+    path = write_hm(tmp_path) / "transactions_train.csv"
+    replace_line(path, 3, path.read_text().splitlines()[2].rsplit(",", 3)[0].encode() + b",0A10065001,0.05,2")
+    with pytest.raises(DataError, match=r"line 3, field 'article_id': cannot parse '0A10065001' as an integer"):
+        load_hm(tmp_path)
+
+
+@pytest.mark.parametrize("fmt", ["generic", "generic-parquet"])
+def test_generic_bad_timestamp(tmp_path, fmt):
+    interactions = [*GENERIC_INTERACTIONS[:2], {"user_id": "u1", "item_id": "sku-1", "timestamp": "yesterday"}]
+    interactions = [{**r, "timestamp": str(r["timestamp"])} for r in interactions]  # one string column
+    write_generic(tmp_path, interactions, fmt=fmt.replace("generic-", "") if "-" in fmt else "csv")
+    line = 4 if fmt == "generic" else 3  # CSV: header + 3rd row; parquet: 1-based row
+    with pytest.raises(DataError, match=rf"line {line}, field 'timestamp': cannot parse 'yesterday' as int seconds"):
+        load(fmt, tmp_path)
+
+
+def test_generic_unsupported_timestamp_type(tmp_path):
+    write_generic(tmp_path, fmt="parquet")
+    pq.write_table(pa.table({"user_id": ["u"], "item_id": ["sku-1"], "timestamp": [True]}),
+                   tmp_path / "interactions.parquet")
+    with pytest.raises(DataError, match="field 'timestamp': unsupported timestamp type bool"):
+        load_generic(tmp_path)
+
+
+def test_amazon_bad_review_time(tmp_path):
+    reviews = [*AMAZON_REVIEWS[:2], {**AMAZON_REVIEWS[2], "unixReviewTime": "soon"}]
+    path = write_amazon(tmp_path, reviews=reviews) / "All_Beauty.json.gz"
+    with pytest.raises(DataError, match=r"line 3, field 'unixReviewTime': cannot parse 'soon' as int seconds"):
+        load_amazon(tmp_path)
+    assert str(path) in str(pytest.raises(DataError, load_amazon, tmp_path).value)
+
+
+@pytest.mark.parametrize("key, value", [("date_from", "2018-02-30"), ("date_to", "20180901")])
+def test_bad_date_window(tmp_path, key, value):
+    write_hm(tmp_path)
+    with pytest.raises(DataError, match=rf"data\.{key}: cannot parse '{value}' as YYYY-MM-DD"):
+        load_hm(tmp_path, **{key: value})
+
+
+# ---------------------------------------------------------------------------- counted drops
+
+UNKNOWN_ITEM = {
+    "hm": lambda root: write_hm(root, [*HM_TRANSACTIONS, ("2018-09-23", 5, 123456789)]),
+    "amazon": lambda root: write_amazon(root, reviews=[*AMAZON_REVIEWS, {**AMAZON_REVIEWS[0], "asin": "B0NOTINMETA"}]),
+    "generic": lambda root: write_generic(root, [*GENERIC_INTERACTIONS,
+                                                 {**GENERIC_INTERACTIONS[0], "item_id": "sku-9"}]),
+}
+DUPLICATE_ROW = {
+    "hm": lambda root: write_hm(root, [*HM_TRANSACTIONS, HM_TRANSACTIONS[1]]),
+    "amazon": lambda root: write_amazon(root, reviews=[*AMAZON_REVIEWS, {**AMAZON_REVIEWS[1], "summary": "again"}]),
+    "generic": lambda root: write_generic(root, [*GENERIC_INTERACTIONS, GENERIC_INTERACTIONS[4]]),
+}
+BASE_ROWS = {"hm": 8, "amazon": 5, "generic": 6}
+
+
+@pytest.mark.parametrize("fmt", ["hm", "amazon", "generic"])
+def test_item_absent_from_items_file_is_counted(tmp_path, fmt):
+    ds = load(fmt, UNKNOWN_ITEM[fmt](tmp_path))
+    assert ds.report.dropped == {"item_not_in_items": 1}
+    assert (ds.report.rows_read, ds.report.interactions) == (BASE_ROWS[fmt] + 1, BASE_ROWS[fmt])
+
+
+@pytest.mark.parametrize("fmt", ["hm", "amazon", "generic"])
+def test_duplicate_rows_are_counted(tmp_path, fmt):
+    root = DUPLICATE_ROW[fmt](tmp_path)
+    ds = load(fmt, root)
+    assert ds.report.dropped == {"duplicate_row": 1} and ds.report.interactions == BASE_ROWS[fmt]
+    kept = load(fmt, root, dedup=False)
+    assert kept.report.dropped == {} and kept.report.interactions == BASE_ROWS[fmt] + 1
+
+
+def test_empty_ids_and_times_are_counted(tmp_path):
+    interactions = [*GENERIC_INTERACTIONS, {"user_id": "", "item_id": "sku-1", "timestamp": 1},
+                    {"user_id": "u1", "item_id": "", "timestamp": 1},
+                    {"user_id": "u1", "item_id": "sku-1", "timestamp": ""}]
+    ds = load_generic(write_generic(tmp_path, interactions))
+    assert ds.report.dropped == {"empty_user_id": 1, "empty_item_id": 1, "empty_timestamp": 1}
+    assert ds.report.interactions == 6
+
+
+def test_everything_dropped_is_an_error(tmp_path):
+    write_hm(tmp_path)
+    with pytest.raises(DataError, match=r"no interactions \(all 8 rows were dropped: \{'outside_date_range': 8\}\)"):
+        load_hm(tmp_path, date_from="2019-01-01")
+
+
+# ---------------------------------------------------------------------------- empty files
+
+ZERO_BYTES = [("hm", "transactions_train.csv"), ("hm", "articles.csv"), ("generic", "interactions.csv"),
+              ("generic", "items.csv"), ("generic-parquet", "items.parquet"), ("amazon-plain", "All_Beauty.json"),
+              ("amazon-plain", "meta_All_Beauty.json")]
+
+
+@pytest.mark.parametrize("fmt, name", ZERO_BYTES)
+def test_zero_byte_file(tmp_path, fmt, name):
+    if fmt == "amazon-plain":
+        write_amazon(tmp_path, gz=False)
+    else:
+        WRITERS[fmt](tmp_path)
+    (tmp_path / name).write_bytes(b"")
+    with pytest.raises(DataError, match=r"empty file \(0 bytes"):
+        load(fmt.replace("-plain", ""), tmp_path)
+
+
+@pytest.mark.parametrize("fmt, name, message", [
+    ("hm", "transactions_train.csv", r"no interactions \(the file has no data rows\)"),
+    ("hm", "articles.csv", "no articles"),
+    ("generic", "interactions.csv", r"no interactions \(the file has no data rows\)"),
+    ("generic", "items.csv", "no items"),
+    ("amazon", "All_Beauty.json.gz", r"no interactions \(the file has no data rows\)"),
+    ("amazon", "meta_All_Beauty.json.gz", "no items"),
+])
+def test_header_only_or_no_lines(tmp_path, fmt, name, message):
+    WRITERS[fmt](tmp_path)
+    path = tmp_path / name
+    header = b"\n" if fmt == "amazon" else path.read_bytes().split(b"\n")[0] + b"\n"  # JSON lines: a blank line
+    write_bytes(path, header)
+    with pytest.raises(DataError, match=message) as e:
+        load(fmt, tmp_path)
+    assert str(path) in str(e.value)
+
+
+# ---------------------------------------------------------------------------- malformed lines
+
+
+def test_malformed_json_lines_are_counted_with_line_numbers(tmp_path):
+    path = write_amazon(tmp_path) / "All_Beauty.json.gz"
+    insert_line(path, 2, b'{"reviewerID": "A9", "asin": ')  # truncated
+    insert_line(path, 5, b"[1, 2, 3]")  # JSON, but not an object
+    ds = load_amazon(tmp_path)
+    assert ds.report.dropped == {"malformed_line": 2}
+    assert (ds.report.rows_read, ds.report.interactions) == (7, 5)
+    assert any("at lines [2, 5]" in n for n in ds.report.notes)
+
+
+def test_malformed_meta_line_is_noted(tmp_path):
+    path = write_amazon(tmp_path) / "meta_All_Beauty.json.gz"
+    insert_line(path, 3, b"{'asin': 'B0BROKEN', 'title': ")
+    ds = load_amazon(tmp_path)
+    assert ds.n_items == 4 and any("1 malformed line(s) skipped, at lines [3]" in n for n in ds.report.notes)
+
+
+def test_csv_row_with_wrong_field_count_is_counted(tmp_path):
+    path = write_hm(tmp_path) / "transactions_train.csv"
+    insert_line(path, 4, b"2018-09-20,abc,0108775015,0.1,2,extra")
+    ds = load_hm(tmp_path)
+    assert ds.report.dropped == {"malformed_row": 1} and ds.report.rows_read == 9
+    assert any("2018-09-20,abc,0108775015,0.1,2,extra" in n for n in ds.report.notes)
+
+
+def test_truncated_gzip_and_corrupt_parquet(tmp_path):
+    path = write_amazon(tmp_path / "a") / "All_Beauty.json.gz"
+    path.write_bytes(path.read_bytes()[:-12])
+    with pytest.raises(DataError, match="cannot read the file"):
+        load_amazon(tmp_path / "a")
+    write_generic(tmp_path / "g", fmt="parquet")
+    (tmp_path / "g" / "interactions.parquet").write_bytes(b"PAR1 this is not parquet PAR1")
+    with pytest.raises(DataError, match="interactions.parquet: cannot read parquet"):
+        load_generic(tmp_path / "g")
+
+
+# ---------------------------------------------------------------------------- non-UTF-8 bytes
+
+
+def test_non_utf8_id_in_csv_is_fatal_with_line(tmp_path):
+    path = write_hm(tmp_path) / "transactions_train.csv"
+    replace_line(path, 4, b"2018-09-20,caf\xe9,0108775015,0.05,2")
+    with pytest.raises(DataError, match=r"line 4, field 'customer_id': invalid UTF-8 byte 0xe9 in b'caf\\xe9'"):
+        load_hm(tmp_path)
+
+
+def test_non_utf8_id_in_generic_is_fatal(tmp_path):
+    path = write_generic(tmp_path) / "interactions.csv"
+    replace_line(path, 3, b"u\xff,sku-1,1600000000")
+    with pytest.raises(DataError, match=r"interactions.csv, line 3, field 'user_id': invalid UTF-8 byte 0xff"):
+        load_generic(tmp_path)
+
+
+def test_non_utf8_in_header_is_fatal(tmp_path):
+    path = write_generic(tmp_path) / "items.csv"
+    replace_line(path, 1, b"item_id,t\xffxt,image")
+    with pytest.raises(DataError, match=r"items.csv, line 1: header is not valid UTF-8"):
+        load_generic(tmp_path)
+
+
+@pytest.mark.parametrize("fmt, name, line, raw", [
+    ("hm", "articles.csv", 3, None),
+    ("generic", "items.csv", 2, b"sku-1,Red running sho\xe9,img/sku-1.jpg"),
+])
+def test_non_utf8_text_is_repaired_and_noted(tmp_path, fmt, name, line, raw):
+    path = WRITERS[fmt](tmp_path) / name
+    if raw is None:  # articles.csv: a Latin-1 byte inside detail_desc of the second article
+        raw = path.read_bytes().split(b"\n")[line - 1].replace(b"narrow", b"n\xe4rrow")
+    replace_line(path, line, raw)
+    ds = load(fmt, tmp_path)
+    assert ds.report.dropped == {}
+    assert "\ufffd" in ds.items.column("text")[line - 2].as_py()
+    assert any("1 value(s) of" in n and "repaired with U+FFFD" in n for n in ds.report.notes)
+
+
+def test_non_utf8_in_amazon(tmp_path):
+    path = write_amazon(tmp_path, gz=False) / "All_Beauty.json"
+    lines = amazon_lines(AMAZON_REVIEWS).encode().split(b"\n")
+    lines[3] = lines[3].replace(b'"fine"', b'"fin\xe9"')  # reviewText: not read, so harmless
+    path.write_bytes(b"\n".join(lines))
+    ds = load_amazon(tmp_path)
+    assert ds.report.dropped == {} and ds.report.interactions == 5
+    lines[1] = lines[1].replace(b"A3H7T87S984REU", b"A3H7T87S984R\xc9U")
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(DataError, match=r"All_Beauty.json, line 2, field 'reviewerID': invalid UTF-8"):
+        load_amazon(tmp_path)
+    meta = tmp_path / "meta_All_Beauty.json"
+    meta.write_bytes(meta.read_bytes().replace(b"Bath Salt", b"Bath S\xe4lt"))
+    path.write_bytes(amazon_lines(AMAZON_REVIEWS).encode())
+    ds = load_amazon(tmp_path)
+    assert ds.items.column("text")[1].as_py().startswith("Bath S\ufffdlt")
+    assert any("1 line(s) had invalid UTF-8 in their text" in n for n in ds.report.notes)
+
+
+def test_generic_line_number_counts_skipped_malformed_lines(tmp_path):
+    path = write_generic(tmp_path) / "interactions.csv"
+    insert_line(path, 2, b"u1,sku-1")  # too few fields: skipped and counted
+    replace_line(path, 6, b"u1,sku-1,13/09/2020")
+    with pytest.raises(DataError, match=r"interactions.csv, line 6, field 'timestamp': cannot parse '13/09/2020'"):
+        load_generic(tmp_path)
+
+
+def test_unclosed_quote_is_a_counted_malformed_row(tmp_path):
+    path = write_hm(tmp_path) / "transactions_train.csv"
+    path.write_bytes(path.read_bytes() + b'2018-09-24,"' + b"a" * 500 + b",0108775015,0.1,2\n")
+    ds = load_hm(tmp_path)  # a quote cannot span lines here, so it is one line with too few fields
+    assert ds.report.dropped == {"malformed_row": 1}
+    assert max(len(n) for n in ds.report.notes) < 400  # examples are shortened
+
+
+def test_article_rows_without_id_or_repeated_are_noted(tmp_path):
+    from tests.fixtures import HM_ARTICLES
+
+    articles = [*HM_ARTICLES, {**HM_ARTICLES[0], "article_id": None}, {**HM_ARTICLES[1], "prod_name": "Copy"}]
+    ds = load_hm(write_hm(tmp_path, articles=articles))
+    assert ds.n_items == 5 and ds.items.column("text")[1].as_py().startswith("Strap top.")
+    assert any("1 item row(s) without an id were ignored" in n for n in ds.report.notes)
+    assert any("1 item row(s) repeat an earlier id" in n and "108775044" in n for n in ds.report.notes)
