@@ -12,6 +12,7 @@ under Ray Train (``train_loop_per_worker``) and as a one-worker Ray Tune trial.
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,9 +34,13 @@ ReportFn = Callable[[dict, "object | None"], None]
 
 
 def rank0_log(message: str) -> None:
-    """Progress lines from rank 0 only (Ray forwards worker output to the driver)."""
+    """Progress lines from rank 0 only (Ray forwards worker output to the driver).
+
+    Written to the process's real stdout: Train V2 patches ``print`` in workers to tee into both a
+    wrapped ``sys.stdout`` and its logger, which showed every line twice on the driver.
+    """
     if rank_and_world()[0] == 0:
-        print(message, flush=True)
+        print(message, file=sys.__stdout__ or sys.stdout, flush=True)
 
 
 def new_model(cfg: ExperimentConfig, features: dict[str, torch.Tensor]) -> XSMoE:
