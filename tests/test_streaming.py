@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from xsmoe_ray.data.schema import INTERACTIONS_SCHEMA, ITEMS_SCHEMA, Dataset, LoadReport, finish
+from xsmoe_ray.data.schema import ITEMS_SCHEMA, Dataset, LoadReport, finish
 from xsmoe_ray.streaming import TRAIN, VAL, StreamError, build_stream, chunk_ids, contexts, kcore_mask
 
 

@@ -1,7 +1,6 @@
 """Window data: sequences, cases, popularity, rank-sharded batches."""
 
 import numpy as np
-import pyarrow as pa
 
 from tests.test_streaming import make_dataset
 from xsmoe_ray.streaming import build_stream
