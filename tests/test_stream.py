@@ -63,3 +63,22 @@ def test_two_gloo_workers_agree_with_one(uninterrupted):
     # Each rank sees its own in-batch negatives, so metrics agree within a tolerance, not exactly.
     for a, b in zip(plain[1:], history[1:]):
         assert abs(a["hr10"] - b["hr10"]) <= 0.1 and abs(a["ndcg10"] - b["ndcg10"]) <= 0.1
+
+
+def test_a_grouping_the_backbones_cannot_take_stops_before_training(uninterrupted, capsys):
+    from xsmoe_ray.stream import main
+
+    cfg, _, tmp = uninterrupted
+    overrides = [*TINY, f"run.out={tmp / 'bad_grouping'}", f"data.path={tmp.parent / 'shared_data' / 'synthetic'}",
+                 f"cache.dir={tmp.parent / 'shared_data' / 'cache'}", "model.layers_per_group=3"]
+    assert main(overrides) == 2
+    assert "cannot be split into groups of 3" in capsys.readouterr().err
+    assert not (tmp / "bad_grouping" / "ray").exists()  # no trainer was started
+
+
+def test_an_unloadable_backbone_is_a_one_line_error(tmp_path, ray_session, capsys):
+    from xsmoe_ray.stream import main
+
+    assert main([*TINY, f"run.out={tmp_path / 'r'}", "backbone.text=/nonexistent/bert"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "/nonexistent/bert" in err and "text" in err

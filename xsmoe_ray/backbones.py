@@ -62,6 +62,10 @@ plastic metal ceramic bowl cup mug plate pan pot knife storage box mat towel bed
 _SUFFIXES = ["##s", "##es", "##ed", "##ing", "##er", "##ly", "##y"]
 
 
+class BackboneError(ValueError):
+    """A backbone that cannot be resolved, loaded or fed (names the modality and the backbone)."""
+
+
 # ---------------------------------------------------------------------------------------------
 # Demo backbones: written once with save_pretrained, loaded like any other checkpoint.
 
@@ -213,14 +217,14 @@ def describe(name: str, modality: str, root: str | Path | None = None) -> dict[s
 
     source = resolve_source(name, modality, root)
     if source is None:
-        raise ValueError(f"backbone for {modality} is 'none'")
+        raise BackboneError(f"backbone for {modality} is 'none'")
     try:
         config = AutoConfig.from_pretrained(source)
     except OSError as e:  # not a local checkpoint and not downloadable: say which backbone
-        raise ValueError(f"cannot load the {modality} backbone {name!r}: {e}") from e
+        raise BackboneError(f"cannot load the {modality} backbone {name!r}: {e}") from e
     layers, dim = getattr(config, "num_hidden_layers", None), getattr(config, "hidden_size", None)
     if not isinstance(layers, int) or not isinstance(dim, int):
-        raise ValueError(f"{modality} backbone {name!r}: config has no num_hidden_layers/hidden_size; "
+        raise BackboneError(f"{modality} backbone {name!r}: config has no num_hidden_layers/hidden_size; "
                          "use a BERT/ViT-style encoder")
     return {
         "backbone": name,
@@ -344,7 +348,7 @@ def image_forward_kwargs(model: torch.nn.Module, image_size: int) -> dict[str, A
         return {}
     if "interpolate_pos_encoding" in inspect.signature(model.forward).parameters:
         return {"interpolate_pos_encoding": True}
-    raise ValueError(f"image backbone expects {native}px images and cannot interpolate; "
+    raise BackboneError(f"image backbone expects {native}px images and cannot interpolate; "
                      f"set backbone.image_size={native}")
 
 

@@ -273,7 +273,7 @@ def open_cache(cache_dir: str | Path) -> Cache:
 def group_index(layers: int, layers_per_group: int) -> list[int]:
     """Layers kept for grouping ``g``: ``l_0`` then the last layer of every group, ``l_g, l_2g, … l_M``."""
     if layers_per_group < 1 or layers % layers_per_group:
-        raise ValueError(f"{layers} backbone layers cannot be split into groups of {layers_per_group}")
+        raise CacheError(f"{layers} backbone layers cannot be split into groups of {layers_per_group}")
     return list(range(0, layers + 1, layers_per_group))
 
 

@@ -14,11 +14,11 @@ import sys
 import time
 from pathlib import Path
 
+from xsmoe_ray.cli import run_guarded
 from xsmoe_ray.config import FORMATS, ConfigError, ExperimentConfig, load_config, valid_keys
 from xsmoe_ray.data import load_dataset
-from xsmoe_ray.data.schema import DataError
 from xsmoe_ray.prepared import is_current, write_prepared
-from xsmoe_ray.streaming import StreamError, build_stream
+from xsmoe_ray.streaming import build_stream
 
 
 def source_dir(cfg: ExperimentConfig, default_root: Path) -> Path:
@@ -100,13 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"data.format={args.format}")
     if args.data_dir:
         overrides.append(f"data.path={args.data_dir}")
-    try:
-        cfg = load_config(args.config or PRESET_OF_FORMAT.get(args.format or "synthetic", "demo"), overrides)
-        prepare_data(cfg, args.out, force=args.force)
-    except (ConfigError, DataError, StreamError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    preset = args.config or PRESET_OF_FORMAT.get(args.format or "synthetic", "demo")
+    return run_guarded(lambda: prepare_data(load_config(preset, overrides), args.out, force=args.force))
 
 
 if __name__ == "__main__":

@@ -23,10 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-from xsmoe_ray.config import ConfigError, ExperimentConfig, dump_yaml, load_config, to_dict, valid_keys
-from xsmoe_ray.data.schema import DataError
+from xsmoe_ray.cli import run_guarded
+from xsmoe_ray.config import ExperimentConfig, dump_yaml, load_config, to_dict, valid_keys
 from xsmoe_ray.prepare import prepare_data
-from xsmoe_ray.streaming import StreamError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +53,17 @@ def data_stages(cfg: ExperimentConfig, out: Path) -> tuple[Path, Path]:
     cache = cache_dir_of(cfg, out)
     report = build_cache(prepared, cache, cfg)
     print(f"[stream] cache {cache}: encoded {report.encoded}, reused {report.reused}", flush=True)
+    check_grouping(cache, cfg.model.layers_per_group)
     return prepared, cache
+
+
+def check_grouping(cache: Path, layers_per_group: int) -> None:
+    """Refuse a layer grouping the backbones cannot take here, not in every worker after Ray Train starts."""
+    from xsmoe_ray.cache import group_index, open_cache
+
+    opened = open_cache(cache)
+    for modality in opened.arrays:
+        group_index(opened.layers(modality), layers_per_group)
 
 
 def fit(cfg: ExperimentConfig, out: Path, prepared: Path, cache: Path, extra: dict | None = None):
@@ -117,13 +126,7 @@ def run(cfg: ExperimentConfig, extra: dict | None = None) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-        run(cfg)
-    except (ConfigError, DataError, StreamError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_guarded(lambda: run(load_config(args.config, args.overrides)))
 
 
 if __name__ == "__main__":
