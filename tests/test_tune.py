@@ -1,0 +1,266 @@
+"""Ray Tune sweeps: sweep-file validation, the sweep report, and tiny sweeps run end to end
+(shared data built once, ASHA, a failed trial resumed by ``Tuner.restore``, Train inside a trial)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.test_stream import TINY
+from xsmoe_ray.config import load_config
+from xsmoe_ray.sweep_report import TrialRecord, best_per_dataset, efficiency_markdown, tau_plot, tau_points, trials_csv
+from xsmoe_ray.sweep_spec import SweepError, check_grouping, load_sweep
+from xsmoe_ray.tune import flatten, main, param_space, preflight_grouping, result_rows, run_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+PAPER_TAUS = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25]
+
+
+def write_sweep(directory: Path, name: str = "sweep", **sections) -> Path:
+    body = {"datasets": {"drift": {"config": "demo"}}, **sections}
+    path = directory / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Sweep files.
+
+
+@pytest.mark.parametrize("name", ["demo_sweep", "amazon_home", "amazon_elec", "hm"])
+def test_shipped_sweeps_load(name, tmp_path):
+    spec = load_sweep(REPO / "tune_configs" / f"{name}.yaml", [f"run.out={tmp_path}"])
+    keys = {d.key: d for d in spec.search}
+    assert {"model.tau", "model.d_prime", "model.layers_per_group"} <= set(keys)
+    assert sorted(keys["model.tau"].values) == PAPER_TAUS  # paper §5.4.2's grid
+    assert spec.out == tmp_path.resolve()
+    for ds in spec.datasets:
+        assert ds.cfg.run.out == str(tmp_path.resolve() / "datasets" / ds.name)
+        if name == "demo_sweep":
+            preflight_grouping(spec)  # demo backbones are local: their depth is read from their config
+        else:  # BERT-base and ViT-base have 12 layers; every grouping must divide it
+            assert ds.cfg.backbone.text == "bert-base-uncased"
+            check_grouping(spec, ds, {"text": 12, "image": 12})
+    if name == "hm":
+        assert [ds.cfg.data.format for ds in spec.datasets] == ["hm"] and not spec.datasets[0].cfg.data.date_from
+
+
+def test_override_order_and_resources(tmp_path):
+    path = write_sweep(tmp_path, overrides=["model.d_prime=8", "train.lr=0.01"],
+                       datasets={"a": {"config": "demo", "overrides": {"model.d_prime": 12, "synth.seed": 3}},
+                                 "b": {"config": "demo"}},
+                       resources={"cpu": 2, "gpu": 1, "workers": 4})
+    spec = load_sweep(path, ["train.lr=0.02", f"run.out={tmp_path / 'out'}"])
+    a, b = spec.dataset("a").cfg, spec.dataset("b").cfg
+    assert (a.model.d_prime, b.model.d_prime) == (12, 8)  # dataset overrides beat the sweep's
+    assert a.train.lr == b.train.lr == 0.02  # the command line beats both, for every dataset
+    assert a.synth.seed == 3 and b.synth.seed == 0
+    assert (a.train.num_workers, a.train.use_gpu) == (4, True)  # from resources
+    assert a.run.out == str((tmp_path / "out" / "datasets" / "a").resolve())
+
+
+BAD = [
+    ({"serach": {}}, "serach"),
+    ({"search": {"model.tua": 0.1}}, "search.model.tua"),
+    ({"search": {"data.k_core": {"grid_search": [2, 3]}}}, "search.data.k_core: cannot be searched"),
+    ({"search": {"train.num_workers": 2}}, "search.train.num_workers: cannot be searched"),
+    ({"search": {"model.tau": {"normal": [0, 1]}}}, "search.model.tau: unknown distribution"),
+    ({"search": {"model.tau": {"grid_search": [0.0, 1.5]}}}, "search.model.tau: value 1.5"),
+    ({"search": {"model.d_prime": {"choice": [8, "wide"]}}}, "search.model.d_prime: value 'wide'"),
+    ({"search": {"model.d_prime": {"uniform": [8, 32]}}}, "search.model.d_prime: value 8.0"),
+    ({"search": {"model.tau": {"uniform": [0.2, 0.1]}}}, "search.model.tau: uniform needs [low, high]"),
+    ({"datasets": {}}, "datasets"),
+    ({"datasets": {"x": {"config": "nope"}}}, "datasets.x: unknown preset 'nope'"),
+    ({"datasets": {"x": {"overrides": ["run.out=/elsewhere"]}}}, "datasets.x.overrides: run.out is sweep-wide"),
+    ({"overrides": ["train.num_workers=2"]}, "train.num_workers is set by the sweep's 'resources'"),
+    ({"overrides": ["model.tua=1"]}, "unknown config key(s) ['model.tua']"),
+    ({"resources": {"workers": 0}}, "resources.workers"),
+    ({"resources": {"cpu": 0}}, "resources: a worker needs cpu > 0 or gpu > 0"),
+    ({"scheduler": {"type": "hyperband"}}, "scheduler.type"),
+    ({"scheduler": {"type": "asha", "grace_period": 0}}, "scheduler.grace_period"),
+    ({"metric": "loss"}, "metric"),
+    ({"num_samples": 0}, "num_samples"),
+]
+
+
+@pytest.mark.parametrize("sections,expected", BAD, ids=[e for _, e in BAD])
+def test_bad_sweep_names_file_and_key(tmp_path, sections, expected):
+    path = write_sweep(tmp_path, "bad", **sections)
+    with pytest.raises(SweepError) as err:
+        load_sweep(path)
+    assert str(path) in str(err.value) and expected in str(err.value)
+
+
+def test_cli_exit_codes(tmp_path, capsys):
+    with pytest.raises(SystemExit) as ok:
+        main(["--help"])
+    assert ok.value.code == 0 and "run.out" in capsys.readouterr().out
+    # The demo backbones have 4 layers: a grouping of 3 is refused before anything runs.
+    path = write_sweep(tmp_path, "grouping", search={"model.layers_per_group": {"grid_search": [1, 3]}})
+    assert main([str(path), f"run.out={tmp_path / 'out'}"]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "search.model.layers_per_group: 3 does not divide" in err
+    assert not (tmp_path / "out").exists()
+    assert main([str(tmp_path / "missing.yaml")]) == 2
+    assert "sweep file not found" in capsys.readouterr().err
+    assert main([str(write_sweep(tmp_path, "typo")), "model.tua=1"]) == 2
+    assert "model.tua" in capsys.readouterr().err
+
+
+def test_param_space_and_flatten():
+    from ray import tune
+
+    path = REPO / "tune_configs" / "demo_sweep.yaml"
+    space = param_space(load_sweep(path).search)
+    assert space["model"]["tau"] == tune.grid_search(PAPER_TAUS)
+    assert flatten({"model": {"tau": np.float64(0.1), "d_prime": np.int64(8)}, "run": {"seed": 2}}) == \
+        {"model.tau": 0.1, "model.d_prime": 8, "run.seed": 2}
+    assert type(flatten({"model": {"d_prime": np.int64(8)}})["model.d_prime"]) is int
+
+
+# ---------------------------------------------------------------------------------------------
+# The sweep report, on hand-made trial records.
+
+
+def record(trial, tau, ndcgs, status="complete", dataset="a", g=1):
+    windows = [{"window": 0, "seconds": 1.0, "epochs": 2, "mp_mb": 1.0, "trp_mb": 0.5}]
+    for w, v in enumerate(ndcgs, start=1):
+        windows.append({"window": w, "ndcg10": v, "hr10": 2 * v, "seconds": 2.0, "epochs": 2, "mp_mb": 1.0 + w,
+                        "trp_mb": 0.5, "experts": {"text": [w + 1]}})
+    return TrialRecord(dataset=dataset, trial=trial, params={"model.tau": tau, "model.layers_per_group": g},
+                       status=status, windows=windows, wall_s=9.0)
+
+
+def test_best_uses_complete_trials_only():
+    records = [record("t1", 0.0, [0.2, 0.1]), record("t2", 0.1, [0.3, 0.2]),
+               record("t3", 0.2, [0.9], status="stopped"),  # higher, but over one early window only
+               record("t4", 0.0, [0.5, 0.5], status="error"), record("t5", 0.0, [0.1, 0.1], dataset="b")]
+    best = best_per_dataset(records, "mean_test_ndcg10")
+    assert best["a"].trial == "t2" and best["b"].trial == "t5"
+    assert best_per_dataset(records, "mean_test_hr10")["a"].trial == "t2"
+
+
+def test_tau_points_pool_other_settings_and_tables():
+    records = [record("t1", 0.0, [0.2, 0.2], g=1), record("t2", 0.0, [0.4, 0.4], g=2),
+               record("t3", 0.1, [0.1, 0.3]), record("t4", 0.2, [0.9], status="stopped")]
+    points = tau_points(records, "a", "ndcg10")  # (τ, mean, min, max) in %; t4 stopped early: left out
+    assert np.allclose(points, [(0.0, 30.0, 20.0, 40.0), (0.1, 20.0, 20.0, 20.0)])
+    png = tau_plot(records, ["a", "empty"], {"a": 0.0, "empty": 0.0})
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = list(csv.DictReader(trials_csv(records).splitlines()))
+    assert [r["trial"] for r in rows] == ["t1", "t2", "t3", "t4"]
+    assert rows[0]["model.tau"] == "0.0" and float(rows[1]["ndcg10_avg"]) == pytest.approx(0.4)
+    assert float(rows[0]["tt_s"]) == 5.0 and rows[0]["experts"] == "text:3" and rows[3]["status"] == "stopped"
+    table = efficiency_markdown(records)
+    assert "| a | τ = 0.1 (layers/group=1) | 3.00 | 0.50 | n/a | 5.0 | 0.83 |" in table
+    assert "τ = 0.2" not in table  # a stopped trial's time is not a whole run's
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiny sweeps on Ray (the session's 2-CPU local Ray).
+
+
+@pytest.fixture(scope="module")
+def shared_data(tmp_path_factory):
+    """One synthetic dataset and cache location for every sweep in this module (built on first use).
+
+    4 chunks: windows 0 (warm-up), 1 and 2 (tested on D_2, D_3)."""
+    root = tmp_path_factory.mktemp("tune_shared")
+    return TINY + ["data.chunks=4", "train.max_epochs=1", f"data.path={root / 'synthetic'}", f"cache.dir={root / 'cache'}"]
+
+
+@pytest.fixture(scope="module")
+def failed_then_resumed(tmp_path_factory, shared_data, ray_session):
+    """A 4-trial ASHA sweep in which a trial fails (no retries), then the same command again."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    path = write_sweep(tmp, "tiny", overrides=shared_data + ["train.max_failures=0"],
+                       search={"model.tau": {"grid_search": [0.0, 0.3]},
+                               "model.layers_per_group": {"grid_search": [1, 2]}},
+                       scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2},
+                       resources={"cpu": 1}, max_concurrent_trials=2)
+    out = tmp / "out"
+    marker = tmp / "failed"
+    first = run_sweep(load_sweep(path, [f"run.out={out}"]), extra={"fail_at_window": 1, "fail_marker": str(marker)})
+    before = {r.trial: (out / "ray" / "drift" / f"trial_{r.trial}" / "result.json").read_bytes() for r in first}
+    assert main([str(path), f"run.out={out}"]) == 0  # the documented command resumes
+    second = load_records(out)
+    return first, before, second, out, marker
+
+
+def load_records(out: Path) -> dict[str, dict]:
+    return {row["trial"]: row for row in csv.DictReader((out / "trials.csv").open())}
+
+
+def test_a_failed_trial_is_recorded(failed_then_resumed):
+    first, _, _, out, marker = failed_then_resumed
+    assert marker.is_file()  # the injected failure happened
+    failed = [r for r in first if r.status == "error"]
+    assert failed and all("injected worker failure" in r.error for r in failed)
+    assert all([w["window"] for w in r.windows] == [0] for r in failed)  # failed at the start of window 1
+    assert {r.status for r in first} - {"error"} <= {"complete", "stopped"}
+
+
+def test_resume_finishes_failed_trials_without_rerunning_finished_ones(failed_then_resumed):
+    first, before, second, out, _ = failed_then_resumed
+    assert set(second) == {r.trial for r in first}  # the same trials, no new ones
+    assert {row["status"] for row in second.values()} <= {"complete", "stopped"}
+    for r in first:
+        after = (out / "ray" / "drift" / f"trial_{r.trial}" / "result.json").read_bytes()
+        if r.status != "error":
+            assert after == before[r.trial]  # a finished trial was not run again
+            continue
+        windows = [row["window"] for row in result_rows(out / "ray" / "drift" / f"trial_{r.trial}")]
+        # Resumed from its window-0 checkpoint: window 0 is not trained again, later windows ran.
+        assert windows[0] == 0 and windows.count(0) == 1 and windows == sorted(set(windows)) and len(windows) > 1
+
+
+def test_trial_values_reach_the_window_loop(failed_then_resumed):
+    first, _, _, out, _ = failed_then_resumed
+    for trial_dir in (out / "ray" / "drift").glob("trial_*"):
+        config = json.loads((trial_dir / "params.json").read_text())
+        tau, g = config["model"]["tau"], config["model"]["layers_per_group"]
+        for row in result_rows(trial_dir):
+            assert all(len(n) == 4 // g for n in row["experts"].values())  # demo backbones: 4 layers
+            if tau == 0.0:  # no pruning: one expert per layer per window
+                assert all(n == [row["window"] + 1] * (4 // g) for n in row["experts"].values())
+
+
+def test_sweep_outputs(failed_then_resumed):
+    _, _, second, out, _ = failed_then_resumed
+    assert len(second) == 4
+    assert (out / "tau_sensitivity.png").read_bytes()[:4] == b"\x89PNG"
+    text = (out / "sweep.md").read_text()
+    assert "0 failed" in text and "## Efficiency (paper Table 3 shape)" in text
+    complete = {t: row for t, row in second.items() if row["status"] == "complete"}
+    assert complete and all(int(row["windows"]) == 3 for row in complete.values())
+    best_trial = max(complete.values(), key=lambda row: float(row["ndcg10_avg"]))
+    best = load_config(str(out / "best" / "drift.yaml"))
+    assert best.model.tau == float(best_trial["model.tau"])
+    assert best.model.layers_per_group == int(best_trial["model.layers_per_group"])
+    # Every trial read the one prepared dataset and cache built before the trials started.
+    assert best.cache.dir == str(Path(shared_cache_dir(out)).resolve())
+    assert (out / "datasets" / "drift" / "prepared" / "summary.json").is_file()
+    assert not [p for p in (out / "ray").rglob("*") if p.name in ("prepared", "cache", "manifest.json")]
+
+
+def shared_cache_dir(out: Path) -> str:
+    return yaml.safe_load((out / "datasets" / "drift" / "config.yaml").read_text())["cache"]["dir"]
+
+
+def test_train_inside_a_trial(tmp_path, shared_data, ray_session):
+    """resources.workers = 2: each trial drives a 2-worker TorchTrainer and Tune gets its reports."""
+    path = write_sweep(tmp_path, "ddp", overrides=shared_data, search={"model.tau": 0.0},
+                       resources={"cpu": 0.5, "workers": 2})
+    out = tmp_path / "out"
+    (rec,) = run_sweep(load_sweep(path, [f"run.out={out}"]))
+    assert rec.status == "complete" and [w["window"] for w in rec.windows] == [0, 1, 2]
+    assert [w["experts"]["text"] for w in rec.windows] == [[1] * 4, [2] * 4, [3] * 4]
+    assert all(len(w["param_hash"]) == 64 for w in rec.windows)  # compared across the 2 ranks each window
+    rows = result_rows(out / "ray" / "drift" / f"trial_{rec.trial}")
+    assert all("checkpoint_path" in r for r in rows)  # forwarded by TuneReportCallback from the Train run
+    assert (out / "train" / "drift").is_dir()

@@ -1,0 +1,253 @@
+"""Sweep outputs: the table of all trials, the best config per dataset, the τ-sensitivity plot
+(paper Figure 2) and the efficiency table (paper Table 3).
+
+Input is one :class:`TrialRecord` per trial: its searched values and the rows it reported, one per
+window, as the window loop reports them (``xsmoe_ray.train.worker``). A trial is *complete* when it
+reported every window, *stopped* when ASHA ended it early, *error* when it failed. Averages are over
+a trial's test windows (D_2 … D_T), as in the paper's AVG column; a stopped trial's averages cover
+fewer, earlier windows and are not comparable, so the best config, the τ plot and the efficiency
+table use complete trials only, and the all-trials table shows every trial with its status.
+
+Files written under the sweep's ``run.out``: ``trials.csv`` (one row per trial), ``sweep.md``
+(all trials, best per dataset, efficiency), ``best/<dataset>.yaml`` (the best trial's whole config,
+runnable with ``python -m xsmoe_ray.stream --config``) and ``tau_sensitivity.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on clusters and CI
+import matplotlib.pyplot as plt  # noqa: E402
+
+from xsmoe_ray.report import dedupe_windows  # noqa: E402
+
+LABELS = {"model.tau": "τ", "model.d_prime": "d′", "model.layers_per_group": "layers/group",
+          "model.variant": "variant", "run.seed": "seed"}
+METRIC_COLUMN = {"mean_test_ndcg10": "ndcg10", "mean_test_hr10": "hr10"}
+
+
+@dataclass
+class TrialRecord:
+    """One trial of one dataset: what it searched and what it reported."""
+
+    dataset: str
+    trial: str
+    params: dict[str, Any]  # dotted config key -> value, searched keys only
+    status: str  # "complete", "stopped" or "error"
+    windows: list[dict] = field(default_factory=list)  # reported rows, one per window, in order
+    wall_s: float = 0.0  # Tune's time_total_s for the trial
+    error: str = ""
+
+    @property
+    def tests(self) -> list[dict]:
+        return [r for r in self.windows if r.get("ndcg10") is not None]
+
+    def avg(self, column: str) -> float | None:
+        values = [float(r[column]) for r in self.tests]
+        return sum(values) / len(values) if values else None
+
+    def last(self, column: str) -> Any:
+        return self.windows[-1].get(column) if self.windows else None
+
+    @property
+    def train_seconds(self) -> float:
+        """Table 3's TT: training time summed over windows (evaluation of the test chunk excluded)."""
+        return sum(float(r.get("seconds", 0.0)) for r in self.windows)
+
+    @property
+    def epochs(self) -> int:
+        return sum(int(r.get("epochs", 0)) for r in self.windows)
+
+    @property
+    def peak_mem_mb(self) -> float | None:
+        values = [r["peak_mem_mb"] for r in self.windows if r.get("peak_mem_mb") is not None]
+        return max(values) if values else None
+
+
+def record_rows(rows: list[dict]) -> list[dict]:
+    """Reported rows → one per window, a re-run window's later row replacing the earlier."""
+    return dedupe_windows([r for r in rows if "window" in r])
+
+
+def label(key: str) -> str:
+    return LABELS.get(key, key)
+
+
+def param_keys(records: list[TrialRecord]) -> list[str]:
+    return sorted({k for r in records for k in r.params})
+
+
+def experts_text(experts: dict | None) -> str:
+    if not experts:
+        return ""
+    return " ".join(f"{m}:{'/'.join(str(n) for n in per_layer)}" for m, per_layer in sorted(experts.items()))
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}"
+
+
+def _num(value: float | None, fmt: str = ".2f") -> str:
+    return "n/a" if value is None else format(value, fmt)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables.
+
+
+def trials_csv(records: list[TrialRecord]) -> str:
+    keys = param_keys(records)
+    fields = ["dataset", "trial", "status", "windows", *keys, "hr10_avg", "ndcg10_avg", "mp_mb", "trp_mb",
+              "experts", "tt_s", "et_s", "wall_s", "error"]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields)
+    w.writeheader()
+    for r in records:
+        w.writerow({"dataset": r.dataset, "trial": r.trial, "status": r.status, "windows": len(r.windows),
+                    **{k: r.params.get(k, "") for k in keys}, "hr10_avg": r.avg("hr10"), "ndcg10_avg": r.avg("ndcg10"),
+                    "mp_mb": r.last("mp_mb"), "trp_mb": r.last("trp_mb"), "experts": experts_text(r.last("experts")),
+                    "tt_s": round(r.train_seconds, 2), "et_s": round(r.train_seconds / max(r.epochs, 1), 3),
+                    "wall_s": round(r.wall_s, 1), "error": r.error.splitlines()[0] if r.error else ""})
+    return buf.getvalue()
+
+
+def _sorted(records: list[TrialRecord], metric: str) -> list[TrialRecord]:
+    """By dataset (first-seen order), then complete before stopped before error, then metric."""
+    order = {d: i for i, d in enumerate(dict.fromkeys(r.dataset for r in records))}
+    rank = {"complete": 0, "stopped": 1, "error": 2}
+    column = METRIC_COLUMN[metric]
+    return sorted(records, key=lambda r: (order[r.dataset], rank.get(r.status, 3), -(r.avg(column) or 0.0), r.trial))
+
+
+def trials_markdown(records: list[TrialRecord], metric: str) -> str:
+    keys = param_keys(records)
+    head = ["dataset", "trial", "status", "windows", *[label(k) for k in keys], "HR@10 AVG", "NDCG@10 AVG",
+            "MP (MB)", "TrP (MB)", "experts", "TT (s)", "wall (s)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 4 + "---:|" * len(keys) + "---:|" * 4 + "---|---:|---:|"]
+    for r in _sorted(records, metric):
+        cells = [r.dataset, r.trial, r.status, str(len(r.windows)), *[str(r.params.get(k, "")) for k in keys],
+                 _pct(r.avg("hr10")), _pct(r.avg("ndcg10")), _num(r.last("mp_mb")), _num(r.last("trp_mb")),
+                 experts_text(r.last("experts")), f"{r.train_seconds:.1f}", f"{r.wall_s:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def best_per_dataset(records: list[TrialRecord], metric: str) -> dict[str, TrialRecord]:
+    """Per dataset, the complete trial with the highest metric (ties: lowest trial id)."""
+    column = METRIC_COLUMN[metric]
+    best: dict[str, TrialRecord] = {}
+    for r in sorted(records, key=lambda r: r.trial):
+        if r.status != "complete" or r.avg(column) is None:
+            continue
+        if r.dataset not in best or r.avg(column) > best[r.dataset].avg(column):
+            best[r.dataset] = r
+    return best
+
+
+def best_markdown(best: dict[str, TrialRecord], datasets: list[str], metric: str) -> str:
+    lines = [f"Best complete trial per dataset by {metric} (mean over its test windows).", "",
+             "| dataset | trial | config | HR@10 AVG | NDCG@10 AVG | config file |", "|---|---|---|---:|---:|---|"]
+    for d in datasets:
+        r = best.get(d)
+        if r is None:
+            lines.append(f"| {d} | — | no complete trial | n/a | n/a | — |")
+            continue
+        config = ", ".join(f"{label(k)}={v}" for k, v in sorted(r.params.items()))
+        lines.append(f"| {d} | {r.trial} | {config} | {_pct(r.avg('hr10'))} | {_pct(r.avg('ndcg10'))} | "
+                     f"best/{d}.yaml |")
+    return "\n".join(lines)
+
+
+def efficiency_markdown(records: list[TrialRecord]) -> str:
+    """Paper Table 3: MP and TrP after the last window, peak GPU memory, TT and ET, per complete trial."""
+    lines = ["| Dataset | Variant | MP (MB) | TrP (MB) | Memory (MB) | TT (s) | ET (s) |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    done = [r for r in records if r.status == "complete"]
+    done.sort(key=lambda r: (r.dataset, [str(v) for _, v in sorted(r.params.items())]))
+    for r in done:
+        tau = r.params.get("model.tau")
+        rest = ", ".join(f"{label(k)}={v}" for k, v in sorted(r.params.items()) if k != "model.tau")
+        variant = (f"τ = {tau}" if tau is not None else "") + (f" ({rest})" if rest else "")
+        lines.append(f"| {r.dataset} | {variant.strip() or r.trial} | {_num(r.last('mp_mb'))} | "
+                     f"{_num(r.last('trp_mb'))} | {_num(r.peak_mem_mb, '.0f')} | {r.train_seconds:.1f} | "
+                     f"{r.train_seconds / max(r.epochs, 1):.2f} |")
+    if not done:
+        lines.append("| — | no complete trial | | | | | |")
+    return "\n".join(lines)
+
+
+def sweep_markdown(name: str, records: list[TrialRecord], datasets: list[str], metric: str) -> str:
+    best = best_per_dataset(records, metric)
+    counts = {s: sum(r.status == s for r in records) for s in ("complete", "stopped", "error")}
+    return "\n".join([
+        f"# Sweep {name}", "",
+        f"{len(records)} trials: {counts['complete']} complete, {counts['stopped']} stopped early (ASHA), "
+        f"{counts['error']} failed. Metrics in % (full ranking, mean over each trial's test windows).", "",
+        "## All trials", "", trials_markdown(records, metric), "",
+        "## Best config per dataset", "", best_markdown(best, datasets, metric), "",
+        "## τ sensitivity", "", "![τ sensitivity](tau_sensitivity.png)", "",
+        "Per τ: mean over the complete trials at that τ (other searched settings pooled); bars span their min–max.", "",
+        "## Efficiency (paper Table 3 shape)", "",
+        "MP/TrP: all/trainable parameters after the last window, fp32 MB. Memory: peak GPU memory "
+        "(n/a on CPU). TT: training time summed over windows. ET: TT per epoch.", "",
+        efficiency_markdown(records), ""])
+
+
+# ---------------------------------------------------------------------------------------------
+# τ sensitivity (paper Figure 2: HR@10 and NDCG@10 against τ, one panel per dataset).
+
+
+def tau_points(records: list[TrialRecord], dataset: str, column: str) -> list[tuple[float, float, float, float]]:
+    """(τ, mean, min, max) of ``column``'s trial average over the dataset's complete trials, by τ."""
+    by_tau: dict[float, list[float]] = {}
+    for r in records:
+        if r.dataset == dataset and r.status == "complete" and r.avg(column) is not None:
+            by_tau.setdefault(float(r.params.get("model.tau", math.nan)), []).append(100 * r.avg(column))
+    return [(t, sum(v) / len(v), min(v), max(v)) for t, v in sorted(by_tau.items())]
+
+
+def tau_plot(records: list[TrialRecord], datasets: list[str], default_tau: dict[str, float]) -> bytes:
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.4), squeeze=False)
+    for ax, d in zip(axes[0], datasets):
+        plotted = False
+        for column, name, marker in (("hr10", "HR@10", "o"), ("ndcg10", "NDCG@10", "s")):
+            points = [(default_tau[d] if math.isnan(t) else t, m, lo, hi)
+                      for t, m, lo, hi in tau_points(records, d, column)]
+            if not points:
+                continue
+            x, mean = [p[0] for p in points], [p[1] for p in points]
+            err = [[m - p[2] for m, p in zip(mean, points)], [p[3] - m for m, p in zip(mean, points)]]
+            ax.errorbar(x, mean, yerr=err, marker=marker, capsize=3, label=name)
+            plotted = True
+        if not plotted:
+            ax.text(0.5, 0.5, "no complete trial", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(d)
+        ax.set_xlabel("τ")
+        ax.set_ylabel("%")
+        ax.grid(alpha=0.3)
+        if plotted:
+            ax.legend(fontsize=8)
+    fig.suptitle("Sensitivity to the pruning threshold τ")
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_sweep_outputs(out: Path, name: str, records: list[TrialRecord], datasets: list[str], metric: str,
+                        default_tau: dict[str, float]) -> dict[str, TrialRecord]:
+    """Write every output file but the best configs (the caller owns configs); returns the best trials."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "trials.csv").write_text(trials_csv(_sorted(records, metric)))
+    (out / "sweep.md").write_text(sweep_markdown(name, records, datasets, metric))
+    (out / "tau_sensitivity.png").write_bytes(tau_plot(records, datasets, default_tau))
+    return best_per_dataset(records, metric)
