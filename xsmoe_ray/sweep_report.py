@@ -170,8 +170,7 @@ def efficiency_markdown(records: list[TrialRecord]) -> str:
     """Paper Table 3: MP and TrP after the last window, peak GPU memory, TT and ET, per complete trial."""
     lines = ["| Dataset | Variant | MP (MB) | TrP (MB) | Memory (MB) | TT (s) | ET (s) |",
              "|---|---|---:|---:|---:|---:|---:|"]
-    done = [r for r in records if r.status == "complete"]
-    done.sort(key=lambda r: (r.dataset, [str(v) for _, v in sorted(r.params.items())]))
+    done = sorted((r for r in records if r.status == "complete"), key=_table3_order)
     for r in done:
         tau = r.params.get("model.tau")
         rest = ", ".join(f"{label(k)}={v}" for k, v in sorted(r.params.items()) if k != "model.tau")
@@ -182,6 +181,15 @@ def efficiency_markdown(records: list[TrialRecord]) -> str:
     if not done:
         lines.append("| — | no complete trial | | | | | |")
     return "\n".join(lines)
+
+
+def _table3_order(r: TrialRecord) -> tuple:
+    """Dataset, then the other searched settings, then τ ascending: Table 3's row order."""
+    def value(v: Any) -> tuple:
+        return (0, float(v), "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0.0, str(v))
+
+    rest = tuple(value(v) for k, v in sorted(r.params.items()) if k != "model.tau")
+    return r.dataset, rest, value(r.params.get("model.tau", 0.0))
 
 
 def sweep_markdown(name: str, records: list[TrialRecord], datasets: list[str], metric: str) -> str:
