@@ -155,7 +155,7 @@ def test_load_grouped_keeps_l0_and_each_groups_last_layer(built):
         assert grouped[m].shape == (11, 3, 32) and grouped[m].dtype == torch.float16
         assert np.array_equal(grouped[m].numpy(), full[m][:, [0, 2, 4]])
     assert list(load_grouped(cache_dir, 4, modalities=["text"], device="cpu")) == ["text"]
-    with pytest.raises(ValueError, match="groups of 3"):
+    with pytest.raises(CacheError, match="groups of 3"):
         load_grouped(cache_dir, 3)
 
 

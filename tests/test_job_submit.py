@@ -69,7 +69,7 @@ def submit(address: str, env: dict, args: list[str]) -> subprocess.CompletedProc
     """`ray job submit`, retried while the fresh head's job agent is still starting."""
     cmd = [RAY, "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
            sys.executable, "-m", "xsmoe_ray.stream", *args]
-    deadline = time.time() + 90
+    deadline = time.time() + 300  # the agent took > 90 s to come up on a loaded 2-core machine
     while True:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
         if "No available agent" not in proc.stderr or time.time() > deadline:

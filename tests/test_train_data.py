@@ -25,12 +25,18 @@ def test_log_popularity_orders_items_by_count():
     assert lp[1] > lp[2] == lp[3] > lp[4]
 
 
-def test_batches_cover_every_row_and_ranks_get_equal_counts():
-    for n, world, bs in [(10, 1, 3), (11, 2, 4), (7, 3, 2), (1, 2, 5)]:
+def test_ranks_split_each_global_batch_and_get_equal_step_counts():
+    for n, world, bs in [(10, 1, 3), (11, 2, 4), (12, 2, 4), (7, 3, 2), (1, 2, 5)]:
         shards = [epoch_batches(n, bs, seed=0, epoch=1, rank=r, world=world) for r in range(world)]
         assert len({len(s) for s in shards}) == 1  # same number of steps on every rank
         seen = np.concatenate([np.concatenate(s) for s in shards])
         assert set(seen) == set(range(n))
+        assert all(len(b) >= 1 for s in shards for b in s)
+        if bs >= world and n % bs in (0, *range(world, bs)):  # no batch short of one row per rank:
+            # the ranks' shares of step k make up exactly the one-worker batch k
+            single = epoch_batches(n, bs, seed=0, epoch=1)
+            for k, batch in enumerate(single):
+                assert sorted(np.concatenate([s[k] for s in shards])) == sorted(batch)
     a = epoch_batches(20, 4, seed=0, epoch=1)
     b = epoch_batches(20, 4, seed=0, epoch=2)
     assert not all(np.array_equal(x, y) for x, y in zip(a, b))

@@ -117,7 +117,7 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation per window (paper §5.2) and Ray Train scaling."""
 
-    batch_size: int = field(default=256, metadata={"help": "training batch size"})
+    batch_size: int = field(default=256, metadata={"help": "global training batch (split across Ray Train workers)"})
     lr: float = field(default=1e-3, metadata={"help": "initial learning rate, reset each window"})
     lr_decay: float = field(default=0.95, metadata={"help": "multiplicative decay per epoch"})
     lr_min: float = field(default=1e-4, metadata={"help": "learning-rate floor"})

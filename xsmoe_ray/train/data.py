@@ -66,12 +66,20 @@ def log_popularity(seq: np.ndarray, n_items: int) -> np.ndarray:
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[np.ndarray]:
-    """This rank's batches of row indices for one epoch; equal batch counts on every rank."""
+    """This rank's share of every global batch of one epoch.
+
+    ``batch_size`` is the global batch: step k's rows over all ranks are exactly the one-worker run's
+    batch k, so N workers take the same optimizer steps over the same rows as one (only each rank's
+    in-batch negatives differ). Every rank gets the same number of steps and at least one row per
+    step (a last batch smaller than ``world`` borrows rows from the epoch's start).
+    """
     if n == 0:
         return []
     perm = np.random.default_rng([seed, epoch]).permutation(n)
-    per_rank = -(-n // world)
-    if per_rank * world > n:  # wrap around so each rank gets exactly per_rank rows
-        perm = np.concatenate([perm, perm[: per_rank * world - n]])
-    mine = perm[rank::world]
-    return [mine[lo: lo + batch_size] for lo in range(0, per_rank, batch_size)]
+    shares = []
+    for lo in range(0, n, batch_size):
+        rows = perm[lo: lo + batch_size]
+        if len(rows) < world:
+            rows = np.concatenate([rows, np.resize(perm, world - len(rows))])
+        shares.append(rows[rank::world])
+    return shares
