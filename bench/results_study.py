@@ -184,7 +184,7 @@ def performance_table(runs: dict[str, list[dict]], reference: dict | None = None
 def efficiency_table(runs: dict[str, list[dict]]) -> str:
     """Table 3 shape: MP/TrP (MB) after the last window, experts, epochs, training and wall seconds."""
     lines = ["| Method | MP (MB) | TrP (MB) | experts per side layer (end) | epochs (all windows) | "
-             "train s (TT) | s per run (wall) |", "|---|---:|---:|---|---:|---:|---:|"]
+             "train s (TT) | s per run (wall) | 1-min load (start/end) |", "|---|---:|---:|---|---:|---:|---:|---|"]
     for v, rs in runs.items():
         last = [r["history"][-1] for r in rs]
         mp, trp = mean_std(r["mp_mb"] for r in last), mean_std(r["trp_mb"] for r in last)
@@ -194,8 +194,9 @@ def efficiency_table(runs: dict[str, list[dict]]) -> str:
         tt = mean_std(sum(w["seconds"] for w in r["history"]) for r in rs)
         walls = [r["wall"]["wall_s"] for r in rs if r["wall"].get("wall_s")]
         wall = _cell(*mean_std(walls), len(walls)) if walls else "n/a"
+        loads = [f"{r['wall']['load_before'][0]:.1f}/{r['wall']['load_after'][0]:.1f}" for r in rs if r["wall"].get("load_before")]
         lines.append(f"| {v} | {mp[0]:.3f} | {trp[0]:.3f} | {'; '.join(experts) or '-'} | "
-                     f"{_cell(*epochs, len(rs))} | {_cell(*tt, len(rs))} | {wall} |")
+                     f"{_cell(*epochs, len(rs))} | {_cell(*tt, len(rs))} | {wall} | {', '.join(loads) or 'n/a'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -307,6 +308,41 @@ def references_table(refs: dict[str, dict[int, dict]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def val_popularity_reference(prepared: Path) -> dict[int, float]:
+    """NDCG@10 on chunk c's val split of ranking by interaction count in chunk c's train split (c >= 1)."""
+    import torch
+
+    from xsmoe_ray.evaluate import evaluate
+    from xsmoe_ray.prepared import load_prepared
+    from xsmoe_ray.train.data import eval_cases
+
+    p = load_prepared(prepared)
+    s = p.stream
+    out = {}
+    for c in range(1, s.n_chunks - 1):
+        cases = eval_cases(s, s.val_cases(c), s.candidates(c))
+        counts = np.bincount(s.item[s.train_targets(c)], minlength=p.n_items + 1).astype(np.float32)
+        row = torch.from_numpy(counts[cases.candidates])
+        out[c] = evaluate(lambda ctx: row.expand(len(ctx), -1), torch.from_numpy(cases.contexts),
+                          torch.from_numpy(cases.targets), torch.from_numpy(cases.candidates)).ndcg_mean
+    return out
+
+
+def diagnostics_table(runs: dict[str, list[dict]], val_pop: dict[int, float]) -> str:
+    """In-window fit: val NDCG@10 (windows 1..T-1) vs the within-chunk popularity; epochs and epoch-cap hits."""
+    lines = ["| Method | val NDCG@10, AVG windows 1-8 (%) | test NDCG@10 AVG (%) | epochs per window | "
+             "windows stopped by the epoch cap (of 9) |", "|---|---:|---:|---:|---:|"]
+    for v, rs in runs.items():
+        val = mean_std(np.mean([100 * w["val_ndcg10"] for w in r["history"] if w["window"] >= 1]) for r in rs)
+        test = mean_std(per_window(rs, "ndcg10")[1].mean(1))
+        ep = mean_std(np.mean([w["epochs"] for w in r["history"]]) for r in rs)
+        caps = [sum(w["epochs"] >= r["config"]["train"]["max_epochs"] for w in r["history"]) for r in rs]
+        lines.append(f"| {v} | {_cell(*val, len(rs))} | {_cell(*test, len(rs))} | {_cell(*ep, len(rs))} | "
+                     f"{', '.join(map(str, caps))} |")
+    lines.append(f"| *popularity of D_s's train split* | *{100 * np.mean(list(val_pop.values())):.2f}* | | | |")
+    return "\n".join(lines) + "\n"
+
+
 def figure(runs: dict[str, list[dict]], reference: dict | None) -> bytes:
     """HR@10 and NDCG@10 per test chunk, one line per variant (mean over seeds) with a ±1 std band."""
     import matplotlib.pyplot as plt
@@ -355,8 +391,8 @@ def machine_note(root: Path, runs: dict[str, list[dict]]) -> str:
 
 def settings_table(extra: list[tuple[Path, dict]]) -> str:
     """AVG HR@10 / NDCG@10 (mean ± std over seeds) of other study roots (non-default settings)."""
-    lines = ["| Setting (overrides on top of the preset) | Method | seeds | AVG HR@10 | AVG NDCG@10 | epochs (all windows) | s per run |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| Setting (overrides on top of the preset) | Method | seeds | AVG HR@10 | AVG NDCG@10 | val NDCG@10 (windows 1-8) | "
+             "epochs (all windows) | s per run |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for root, runs in extra:
         study = json.loads((root / "study.json").read_text()) if (root / "study.json").exists() else {}
         setting = " ".join([*(study.get("overrides") or []), *(f"knob:{k}" for k in study.get("knobs") or [])]) or "(preset)"
@@ -364,8 +400,10 @@ def settings_table(extra: list[tuple[Path, dict]]) -> str:
             hr = mean_std(per_window(rs, "hr10")[1].mean(1))
             nd = mean_std(per_window(rs, "ndcg10")[1].mean(1))
             ep = mean_std(sum(w["epochs"] for w in r["history"]) for r in rs)
+            val = mean_std(np.mean([100 * w["val_ndcg10"] for w in r["history"] if w["window"] >= 1]) for r in rs)
             walls = [r["wall"]["wall_s"] for r in rs if r["wall"].get("wall_s")]
-            lines.append(f"| `{setting}` | {v} | {len(rs)} | {_cell(*hr, len(rs))} | {_cell(*nd, len(rs))} | "
+            lines.append(f"| `{setting}` | {v} | {','.join(str(r['seed']) for r in rs)} | {_cell(*hr, len(rs))} | "
+                         f"{_cell(*nd, len(rs))} | {_cell(*val, len(rs))} | "
                          f"{_cell(*ep, len(rs))} | {f'{np.mean(walls):.0f}' if walls else 'n/a'} |")
     return "\n".join(lines) + "\n"
 
@@ -449,6 +487,13 @@ def aggregate(args) -> None:
             "the training window's tastes and article weights (a perfect model of the training chunk); "
             "`cell only` drops per-article popularity, which a content-only item tower cannot see (articles of one cell in random order).",
             "", references_table({"popularity of D_(s-1)": reference, **oracles})] if oracles else []),
+        "## In-window fit",
+        "",
+        "Validation NDCG@10 is measured on the last 15% of the training chunk itself (same trend phase, no "
+        "drift), so it shows how well each model fits the window it trains on; the italic row ranks the val "
+        "cases by popularity in the same chunk's train split. Epoch cap = `train.max_epochs` of the run.",
+        "",
+        diagnostics_table(runs, val_popularity_reference(any_run["dir"] / "prepared")),
         "## Efficiency (Table 3 shape)",
         "",
         "MP = all side-network + fusion + sequence-encoder parameters after the last window, TrP = those "
