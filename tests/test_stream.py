@@ -86,3 +86,31 @@ def test_an_unloadable_backbone_is_a_one_line_error(tmp_path, ray_session, capsy
     assert main([*TINY, f"run.out={tmp_path / 'r'}", "backbone.text=/nonexistent/bert"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "/nonexistent/bert" in err and "text" in err
+
+
+def test_a_uri_run_out_gets_outputs_and_checkpoints_and_resumes_from_it(uninterrupted, tmp_path):
+    """``run.out`` as a URI goes through pyarrow's filesystem layer (file:// here, s3:// on a cluster)."""
+    _, plain, tmp = uninterrupted
+    remote, local = tmp_path / "bucket" / "run", tmp_path / "local"
+    cfg = tiny(tmp, "unused", f"run.out=file://{remote}", f"run.local_dir={local}")
+    history = run(cfg)
+    assert [r["ndcg10"] for r in history] == [r["ndcg10"] for r in plain]  # same run, other place
+    for name in ["config.yaml", "results.csv", "results.md", "metrics.png", "experts.png", "history.json"]:
+        assert (remote / name).is_file(), name
+    assert sorted(p.name for p in (remote / "ray" / cfg.run.name).glob("window_*")) == ["window_0002", "window_0003"]
+    assert (local / "prepared" / "summary.json").is_file() and not (remote / "prepared").exists()
+    # A relaunch with the same run.out restores from the URI: nothing is trained again.
+    again = run(cfg)
+    assert [r["window"] for r in again] == [0, 1, 2, 3] and again == history
+
+
+def test_run_dir_resolves_paths_and_refuses_unknown_schemes(tmp_path):
+    from xsmoe_ray.config import ConfigError, RunConfig
+    from xsmoe_ray.rundir import run_dir
+
+    local = run_dir(RunConfig(out=str(tmp_path / "r")))
+    assert local.uri is None and local.storage == str(tmp_path / "r" / "ray")
+    a, b = run_dir(RunConfig(out="file:///x/run/")), run_dir(RunConfig(out="file:///x/run"))
+    assert a == b and a.storage == "file:///x/run/ray" and a.local.name != "run"
+    with pytest.raises(ConfigError, match="nosuch://bucket/run"):
+        run_dir(RunConfig(out="nosuch://bucket/run"))

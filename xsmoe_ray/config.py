@@ -138,10 +138,12 @@ class TrainConfig:
 class RunConfig:
     """Where a run writes and how it is seeded."""
 
-    out: str = field(default="runs/demo", metadata={"help": "run directory (local path or s3://...)"})
+    out: str = field(default="runs/demo", metadata={"help": "run directory: local path or URI (s3://..., gs://..., file:///...)"})
     seed: int = field(default=0, metadata={"help": "global seed"})
     name: str = field(default="xsmoe", metadata={"help": "run name"})
     num_cpus: int = field(default=0, metadata={"help": "CPUs for a local Ray (0 = all)"})
+    local_dir: str = field(default="", metadata={
+        "help": "for a URI run.out: local/shared dir for prepared data and cache (default ~/.cache/xsmoe_ray/runs/<hash>)"})
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ Stages, each reused when its output is already up to date:
    relaunch with the same ``run.out`` resumes after the last registered window.
 
 The run directory gets ``config.yaml``, ``results.csv``, ``results.md``, ``metrics.png``,
-``experts.png`` and, under ``ray/``, the window checkpoints.
+``experts.png``, ``history.json`` and, under ``ray/``, the window checkpoints. ``run.out`` may be a
+URI (``s3://…``): see :mod:`xsmoe_ray.rundir`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 from xsmoe_ray.cli import run_guarded
 from xsmoe_ray.config import ExperimentConfig, dump_yaml, load_config, to_dict, valid_keys
 from xsmoe_ray.prepare import prepare_data
+from xsmoe_ray.rundir import run_dir
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,7 +68,7 @@ def check_grouping(cache: Path, layers_per_group: int) -> None:
         group_index(opened.layers(modality), layers_per_group)
 
 
-def fit(cfg: ExperimentConfig, out: Path, prepared: Path, cache: Path, extra: dict | None = None):
+def fit(cfg: ExperimentConfig, storage: str, prepared: Path, cache: Path, extra: dict | None = None):
     """Run the window loop on Ray Train; returns the trainer's Result."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -80,12 +82,15 @@ def fit(cfg: ExperimentConfig, out: Path, prepared: Path, cache: Path, extra: di
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu),
         run_config=RunConfig(
             name=cfg.run.name,
-            storage_path=str(out / "ray"),
+            storage_path=storage,
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
     )
     return trainer.fit()
+
+
+OUTPUTS = ["config.yaml", "results.csv", "results.md", "metrics.png", "experts.png", "history.json"]
 
 
 def write_outputs(out: Path, history: list[dict], variant: str, title: str) -> None:
@@ -111,16 +116,18 @@ def run(cfg: ExperimentConfig, extra: dict | None = None) -> list[dict]:
     from xsmoe_ray.raysetup import ensure_ray
 
     t0 = time.perf_counter()
-    out = Path(cfg.run.out).expanduser().resolve()
+    where = run_dir(cfg.run)
+    out = where.local
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(dump_yaml(cfg))
     ensure_ray(cfg.run.num_cpus)
     prepared, cache = data_stages(cfg, out)
-    result = fit(cfg, out, prepared, cache, extra)
+    result = fit(cfg, where.storage, prepared, cache, extra)
     history = history_of(result)
     write_outputs(out, history, cfg.model.variant, f"{cfg.data.format} — {cfg.model.variant}")
+    where.publish(OUTPUTS)
     print((out / "results.md").read_text())
-    print(f"[stream] done in {time.perf_counter() - t0:.0f} s; outputs in {out}", flush=True)
+    print(f"[stream] done in {time.perf_counter() - t0:.0f} s; outputs in {where.uri or out}", flush=True)
     return history
 
 
