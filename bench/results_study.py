@@ -352,9 +352,9 @@ def figure(runs: dict[str, list[dict]], reference: dict | None) -> bytes:
         for v, rs in runs.items():
             chunks, arr = per_window(rs, key)
             m, sd = arr.mean(0), arr.std(0, ddof=1) if len(arr) > 1 else np.zeros(arr.shape[1])
-            ax.plot(chunks, m, marker="o", ms=3, label=f"{v} (n={len(arr)})",
-                    lw=2.2 if v in ("xsmoe", "static", "noft") else 1.2)
-            ax.fill_between(chunks, m - sd, m + sd, alpha=0.15)
+            (line,) = ax.plot(chunks, m, marker="o", ms=3, label=f"{v} (n={len(arr)})",
+                              lw=2.2 if v in ("xsmoe", "static", "noft") else 1.2)
+            ax.fill_between(chunks, m - sd, m + sd, alpha=0.12, color=line.get_color())
         if reference:
             ch = sorted(reference)
             ax.plot(ch, [100 * reference[c][key] for c in ch], "k--", lw=1, label="popularity of D_(s-1)")

@@ -36,7 +36,9 @@ def _worker(rank: int, port: int, diverge: bool, results):
 
 
 def run_pair(diverge: bool):
-    with mp.Manager() as manager:
+    # A spawned manager: forking this process after Ray's threads started (the session fixture) can
+    # deadlock the child, as it once did here.
+    with mp.get_context("spawn").Manager() as manager:
         results = manager.dict()
         mp.spawn(_worker, args=(free_port(), diverge, results), nprocs=2, join=True)
         return dict(results)
