@@ -25,17 +25,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-# ---------------------------------------------------------------------------- H&M
+from xsmoe_ray.data.hm import ARTICLE_COLUMNS as HM_ARTICLE_COLUMNS
+from xsmoe_ray.data.hm import TRANSACTION_COLUMNS as HM_TRANSACTION_COLUMNS
 
-HM_ARTICLE_COLUMNS = (
-    "article_id", "product_code", "prod_name", "product_type_no", "product_type_name",
-    "product_group_name", "graphical_appearance_no", "graphical_appearance_name", "colour_group_code",
-    "colour_group_name", "perceived_colour_value_id", "perceived_colour_value_name",
-    "perceived_colour_master_id", "perceived_colour_master_name", "department_no", "department_name",
-    "index_code", "index_name", "index_group_no", "index_group_name", "section_no", "section_name",
-    "garment_group_no", "garment_group_name", "detail_desc",
-)
-HM_TRANSACTION_COLUMNS = ("t_dat", "customer_id", "article_id", "price", "sales_channel_id")
+# ---------------------------------------------------------------------------- H&M
 
 HM_ARTICLES = [
     {"article_id": 108775015, "prod_name": "Strap top", "product_type_name": "Vest top",

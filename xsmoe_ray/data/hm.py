@@ -60,6 +60,16 @@ from xsmoe_ray.data.schema import DataError, Dataset, LoadReport
 
 TRANSACTIONS = "transactions_train.csv"
 ARTICLES = "articles.csv"
+# The Kaggle files' full column lists (the reader needs only some; writers of the layout use all).
+TRANSACTION_COLUMNS = ("t_dat", "customer_id", "article_id", "price", "sales_channel_id")
+ARTICLE_COLUMNS = (
+    "article_id", "product_code", "prod_name", "product_type_no", "product_type_name",
+    "product_group_name", "graphical_appearance_no", "graphical_appearance_name", "colour_group_code",
+    "colour_group_name", "perceived_colour_value_id", "perceived_colour_value_name",
+    "perceived_colour_master_id", "perceived_colour_master_name", "department_no", "department_name",
+    "index_code", "index_name", "index_group_no", "index_group_name", "section_no", "section_name",
+    "garment_group_no", "garment_group_name", "detail_desc",
+)
 TEXT_COLUMNS = ("prod_name", "product_type_name", "colour_group_name", "detail_desc")
 TRANSACTION_TYPES = {
     "t_dat": pa.date32(),

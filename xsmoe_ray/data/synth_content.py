@@ -12,14 +12,8 @@ import colorsys
 import numpy as np
 from PIL import Image
 
-ARTICLE_COLUMNS = (
-    "article_id", "product_code", "prod_name", "product_type_no", "product_type_name",
-    "product_group_name", "graphical_appearance_no", "graphical_appearance_name", "colour_group_code",
-    "colour_group_name", "perceived_colour_value_id", "perceived_colour_value_name",
-    "perceived_colour_master_id", "perceived_colour_master_name", "department_no", "department_name",
-    "index_code", "index_name", "index_group_no", "index_group_name", "section_no", "section_name",
-    "garment_group_no", "garment_group_name", "detail_desc",
-)
+from xsmoe_ray.data.hm import ARTICLE_COLUMNS
+
 
 # Patterns a style can be drawn with, and H&M's graphical appearance they are listed under.
 PATTERNS = ((1010016, "Solid"), (1010017, "Stripe"), (1010004, "Check"), (1010008, "Dot"),

@@ -56,9 +56,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from xsmoe_ray.config import SynthConfig
-from xsmoe_ray.data.synth_content import ARTICLE_COLUMNS, article_table, item_looks, render_image
+from xsmoe_ray.data.hm import ARTICLE_COLUMNS, TRANSACTION_COLUMNS
+from xsmoe_ray.data.synth_content import article_table, item_looks, render_image
 
-TRANSACTION_COLUMNS = ("t_dat", "customer_id", "article_id", "price", "sales_channel_id")
 META_FILE = "synth_meta.json"
 COMEBACK_PHASE = 3  # the span index at which phase 0 partly returns
 
