@@ -392,11 +392,17 @@ def machine_note(root: Path, runs: dict[str, list[dict]]) -> str:
 def settings_table(extra: list[tuple[Path, dict]]) -> str:
     """AVG HR@10 / NDCG@10 (mean ± std over seeds) of other study roots (non-default settings)."""
     lines = ["| Setting (overrides on top of the preset) | Method | seeds | AVG HR@10 | AVG NDCG@10 | val NDCG@10 (windows 1-8) | "
-             "epochs (all windows) | s per run |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+             "epochs (all windows) | s per run | this data: AVG NDCG@10 of popularity / oracle D_(s-1) / cell only |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for root, runs in extra:
         study = json.loads((root / "study.json").read_text()) if (root / "study.json").exists() else {}
         setting = " ".join([*(study.get("overrides") or []), *(f"knob:{k}" for k in study.get("knobs") or [])]) or "(preset)"
-        for v, rs in runs.items():
+        first = next(iter(runs.values()))[0]
+        refs = {"pop": popularity_reference(first["dir"] / "prepared"),
+                **(generator_references(first, study.get("knobs") or []) or {})}
+        ref_text = " / ".join(f"{100 * np.mean([x['ndcg10'] for x in refs[k].values()]):.2f}"
+                              for k in ("pop", "oracle D_(s-1)", "oracle D_(s-1), cell only") if k in refs)
+        for k, (v, rs) in enumerate(runs.items()):
             hr = mean_std(per_window(rs, "hr10")[1].mean(1))
             nd = mean_std(per_window(rs, "ndcg10")[1].mean(1))
             ep = mean_std(sum(w["epochs"] for w in r["history"]) for r in rs)
@@ -404,7 +410,8 @@ def settings_table(extra: list[tuple[Path, dict]]) -> str:
             walls = [r["wall"]["wall_s"] for r in rs if r["wall"].get("wall_s")]
             lines.append(f"| `{setting}` | {v} | {','.join(str(r['seed']) for r in rs)} | {_cell(*hr, len(rs))} | "
                          f"{_cell(*nd, len(rs))} | {_cell(*val, len(rs))} | "
-                         f"{_cell(*ep, len(rs))} | {f'{np.mean(walls):.0f}' if walls else 'n/a'} |")
+                         f"{_cell(*ep, len(rs))} | {f'{np.mean(walls):.0f}' if walls else 'n/a'} | "
+                         f"{ref_text if k == 0 else ''} |")
     return "\n".join(lines) + "\n"
 
 
@@ -427,6 +434,7 @@ def aggregate(args) -> None:
     preset = (REPO / "xsmoe_ray" / "configs" / f"{args.config}.yaml")
     preset_text = preset.read_text() if preset.exists() else Path(args.config).read_text()
     n_runs = sum(len(rs) for rs in runs.values())
+    walls = [r["wall"]["wall_s"] for rs in runs.values() for r in rs if r["wall"].get("wall_s")]
     md = [
         "# Results: XSMoE and baselines on synthetic drift data",
         "",
@@ -448,6 +456,8 @@ def aggregate(args) -> None:
         "* Backbones: the built-in tiny demo BERT/ViT (4 layers, width 32, random weights), "
         "`layers_per_group=1` so M = 4 side layers per modality.",
         f"* Machine: {machine_note(root, runs)}",
+        *([f"* Time: the {len(walls)} runs took {sum(walls) / 60:.1f} min of wall time in all, "
+           f"{min(walls):.0f}-{max(walls):.0f} s per run (per variant in the efficiency table)."] if walls else []),
         "",
         "Command (builds data and cache on the first run, skips finished runs, then writes this file):",
         "",
