@@ -129,3 +129,35 @@ def test_an_unknown_key_lists_the_valid_ones(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "data.kcore" in err and "data.k_core" in err
+
+
+def test_data_rewritten_in_place_is_prepared_again(tmp_path, capsys):
+    root, out = generic_dataset(tmp_path / "raw"), tmp_path / "prepared"
+    args = ["--format", "generic", "--data-dir", str(root), "--out", str(out), *ARGS]
+    assert prepare_main(args) == 0
+    rows = pq.read_table(root / "interactions.parquet").to_pylist()
+    write_generic(root, rows[: len(rows) - USERS * PER_PERIOD // 2],  # a new export, half a chunk shorter
+                  pq.read_table(root / "items.parquet").to_pylist(), fmt="parquet")
+    capsys.readouterr()
+    assert prepare_main(args) == 0
+    assert "reusing" not in capsys.readouterr().out
+    assert json.loads((out / "summary.json").read_text())["load_report"]["rows_read"] == len(rows) - USERS * PER_PERIOD // 2
+
+
+def test_synthetic_data_follows_its_settings_and_never_overwrites_foreign_files(tmp_path, capsys):
+    data, out = tmp_path / "synthetic", tmp_path / "prepared"
+    small = ["--format", "synthetic", "--data-dir", str(data), "--out", str(out), "synth.users=60",
+             "synth.items=30", "synth.interactions=3000", "data.chunks=3", "data.k_core=2"]
+    assert prepare_main(small) == 0
+    first = json.loads((out / "summary.json").read_text())["load_report"]["rows_read"]
+    assert prepare_main([*small, "synth.interactions=4000"]) == 0  # same data.path, other settings
+    printed = capsys.readouterr().out
+    assert "stale settings" in printed and "reusing" not in printed
+    assert json.loads((out / "summary.json").read_text())["load_report"]["rows_read"] > first
+
+    foreign = write_generic(tmp_path / "mine", fmt="csv")
+    (foreign / "transactions_train.csv").write_text("t_dat,customer_id,article_id\n")
+    code = prepare_main(["--format", "synthetic", "--data-dir", str(foreign), "--out", str(tmp_path / "p2")])
+    assert code == 2
+    assert "not written by the synthetic generator" in capsys.readouterr().err
+    assert (foreign / "transactions_train.csv").read_text() == "t_dat,customer_id,article_id\n"

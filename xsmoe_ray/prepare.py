@@ -10,6 +10,8 @@ paragraph) and writes the prepared directory described in :mod:`xsmoe_ray.prepar
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
@@ -31,13 +33,25 @@ def source_dir(cfg: ExperimentConfig, default_root: Path) -> Path:
 
 
 def ensure_synthetic(cfg: ExperimentConfig, root: Path) -> None:
-    """Generate the synthetic dataset unless a complete one is already there."""
-    from xsmoe_ray.data.synthetic import make_synthetic
+    """Generate the synthetic dataset unless a complete one with these ``synth.*`` settings is there.
 
-    if (root / "transactions_train.csv").is_file() and (root / "articles.csv").is_file():
+    The generator's ``synth_meta.json`` says which settings wrote the folder and whether it was
+    finished; a stale or half-written folder is generated again (the generator refuses to overwrite
+    files it did not write).
+    """
+    from xsmoe_ray.data.synthetic import META_FILE, make_synthetic
+
+    meta_path = root / META_FILE
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    if meta.get("complete") and meta.get("config") == dataclasses.asdict(cfg.synth) \
+            and meta.get("windows") == cfg.data.chunks:
         return
-    print(f"[prepare] generating synthetic drift data in {root} ...", flush=True)
-    make_synthetic(root, cfg.synth, windows=cfg.data.chunks)
+    why = "stale settings" if meta.get("complete") else "incomplete" if meta else "none yet"
+    print(f"[prepare] generating synthetic drift data in {root} ({why}) ...", flush=True)
+    try:
+        make_synthetic(root, cfg.synth, windows=cfg.data.chunks)
+    except FileExistsError as e:
+        raise ConfigError(f"data.path: {e}") from e
 
 
 def prepare_data(cfg: ExperimentConfig, out: str | Path, *, force: bool = False, log=print) -> dict:

@@ -58,11 +58,21 @@ class Prepared:
 
 
 def fingerprint(cfg: DataConfig, source: str) -> str:
-    """Hash of everything that changes the prepared output (not ``mask_history``: eval-time only)."""
+    """Hash of everything that changes the prepared output (not ``mask_history``: eval-time only),
+    including the size and modification time of the source's files, so data rewritten in place
+    (a regenerated synthetic set, a fresh download) is prepared again."""
     fields = dataclasses.asdict(cfg)
     fields.pop("mask_history")
     fields["path"] = source
+    fields["files"] = source_stamp(Path(source))
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def source_stamp(root: Path) -> list[tuple[str, int, int]]:
+    """(name, bytes, mtime ns) of the files directly in ``root`` (the tables; not images/)."""
+    if not root.is_dir():
+        return []
+    return sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in root.iterdir() if p.is_file())
 
 
 def summary_of(ds: Dataset, stream: Stream, cfg: DataConfig, source: str) -> dict:
