@@ -55,7 +55,6 @@ def data_stages(cfg: ExperimentConfig, out: Path) -> tuple[Path, Path]:
     cache = cache_dir_of(cfg, out)
     report = build_cache(prepared, cache, cfg)
     print(f"[stream] cache {cache}: encoded {report.encoded}, reused {report.reused}", flush=True)
-    check_grouping(cache, cfg.model.layers_per_group)
     return prepared, cache
 
 
@@ -122,6 +121,7 @@ def run(cfg: ExperimentConfig, extra: dict | None = None) -> list[dict]:
     (out / "config.yaml").write_text(dump_yaml(cfg))
     ensure_ray(cfg.run.num_cpus)
     prepared, cache = data_stages(cfg, out)
+    check_grouping(cache, cfg.model.layers_per_group)
     result = fit(cfg, where.storage, prepared, cache, extra)
     history = history_of(result)
     write_outputs(out, history, cfg.model.variant, f"{cfg.data.format} — {cfg.model.variant}")

@@ -35,8 +35,8 @@ from typing import Any
 
 from xsmoe_ray.cli import run_guarded
 from xsmoe_ray.config import dump_yaml, from_dict, to_dict, valid_keys
-from xsmoe_ray.sweep_spec import (DatasetSpec, Dimension, SweepError, SweepSpec, check_grouping,
-                                  grouping_candidates, load_sweep, with_value)
+from xsmoe_ray.sweep_spec import (DatasetSpec, Dimension, SweepError, SweepSpec, check_grouping, load_sweep,
+                                  with_value)
 
 TRAIN_DRIVER_CPU = 0.1  # a Train-inside-Tune driver only waits on its trainer (0 is refused by Ray)
 
@@ -182,9 +182,7 @@ def stage_dataset(spec: SweepSpec, ds: DatasetSpec, extra: dict) -> tuple[TrialJ
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(dump_yaml(ds.cfg))
     print(f"[tune] dataset {ds.name}: preparing and caching in {out}", flush=True)
-    # data_stages checks the config's own grouping; the trials use the searched ones instead.
-    staged_cfg = with_value(ds.cfg, {"model.layers_per_group": grouping_candidates(spec, ds)[0]})
-    prepared, cache = data_stages(staged_cfg, out)
+    prepared, cache = data_stages(ds.cfg, out)
     opened = open_cache(cache)
     check_grouping(spec, ds, {m: opened.layers(m) for m in opened.arrays})
     job = TrialJob(cfg=to_dict(ds.cfg), prepared=str(prepared), cache=str(cache), workers=spec.resources.workers,
