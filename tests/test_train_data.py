@@ -4,25 +4,69 @@ import numpy as np
 
 from tests.test_streaming import make_dataset
 from xsmoe_ray.streaming import build_stream
-from xsmoe_ray.train.data import epoch_batches, log_popularity, window_data
+from xsmoe_ray.train.data import epoch_batches, log_popularity, split_rows, training_rows, window_data
 
 
-def test_window_sequences_end_in_the_target_and_cases_use_next_chunk():
+def loss_positions(stream, rows):
+    """(user, item, position-in-user-history) of every loss position of the rows, from the rows alone."""
+    L = stream.max_len
+    seq, first = split_rows(rows)
+    out = []
+    for r, f in zip(seq, first):
+        for t in range(int(f), L + 1):
+            out.append(int(r[t]))
+    return out
+
+
+def test_rows_cover_each_train_target_once_with_loss_only_on_this_chunk():
+    s = build_stream(make_dataset(), chunks=5, k_core=2, train_frac=0.85, max_len=4)
+    for c in range(5):
+        targets = s.train_targets(c)
+        rows = training_rows(s, targets)
+        seq, first = split_rows(rows)
+        assert rows.shape[1] == s.max_len + 2 and ((first >= 1) & (first <= s.max_len)).all()
+        # Every loss position's (input, target) pair is a D_c^train target with its previous item, once:
+        # the multiset of targets equals the targets' items, and the count equals the number of targets.
+        assert sorted(loss_positions(s, rows)) == sorted(s.item[targets].tolist())
+        # ... and each (input, target) pair is a target's (previous item, item): no target without an input.
+        pairs = sorted((int(r[t - 1]), int(r[t])) for r, f in zip(seq, first) for t in range(int(f), s.max_len + 1))
+        assert sorted((int(s.context[r, -1]), int(s.item[r])) for r in targets) == pairs
+        assert all(p != 0 for p, _ in pairs)
+        # Context reaching into earlier chunks: some row of a later window has context before its loss span.
+        if c >= 1:
+            assert (first > 1).any()
+
+
+def test_rows_context_is_the_targets_history_and_pieces_hold_at_most_L_targets():
+    s = build_stream(make_dataset(), chunks=5, k_core=2, train_frac=0.85, max_len=3)
+    targets = s.train_targets(2)
+    rows = training_rows(s, targets)
+    seq, first = split_rows(rows)
+    # Each row is a real stretch of one user's history: it equals some target's context + that target.
+    ends = {(tuple(s.context[r]), int(s.item[r])) for r in targets}
+    assert all((tuple(r[:-1]), int(r[-1])) in ends for r in seq)
+    assert (s.max_len + 1 - first <= s.max_len).all()
+    # One row per piece: a user with n targets gets ceil(n / L) rows.
+    per_user = np.bincount(s.user[targets])
+    assert len(rows) == int(np.ceil(per_user[per_user > 0] / s.max_len).sum())
+
+
+def test_window_rows_popularity_and_cases_use_next_chunk():
     s = build_stream(make_dataset(), chunks=5, k_core=2, train_frac=0.85, max_len=4)
     w = window_data(s, 1, n_items=40)
-    rows = s.train_targets(1)
-    assert w.train_seq.shape == (len(rows), 5)
-    assert np.array_equal(w.train_seq[:, -1], s.item[rows]) and np.array_equal(w.train_seq[:, :-1], s.context[rows])
+    targets = s.train_targets(1)
+    assert w.n_targets == len(targets)
+    assert np.allclose(w.log_pop, log_popularity(s.item[targets], 40))
     assert len(w.test) == len(s.test_cases(2)) and np.array_equal(w.test.candidates, s.candidates(2))
     assert np.isin(w.test.targets, w.test.candidates).all() and np.isin(w.val.targets, w.val.candidates).all()
     assert window_data(s, 4, n_items=40).test is None
 
 
-def test_log_popularity_orders_items_by_count():
-    seq = np.array([[0, 1, 2], [1, 1, 3]])
-    lp = log_popularity(seq, n_items=4)
+def test_log_popularity_counts_each_target_once():
+    lp = log_popularity(np.array([1, 2, 1, 1, 3, 2]), n_items=4)
     assert np.isclose(np.exp(lp).sum(), 1.0)
-    assert lp[1] > lp[2] == lp[3] > lp[4]
+    assert lp[1] > lp[2] > lp[3] > lp[4]
+    assert np.isclose(lp[1] - lp[4], np.log(4.0))  # add-one smoothing: 3+1 against 0+1
 
 
 def test_ranks_split_each_global_batch_and_get_equal_step_counts():

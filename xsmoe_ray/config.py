@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-FORMATS = ("synthetic", "hm", "amazon", "generic")
+FORMATS = ("synthetic", "hm", "amazon", "generic", "recbole")
 VARIANTS = ("xsmoe", "static", "noft", "visual", "textual", "iisan_rh", "iisan_kd")
 
 
@@ -50,7 +50,8 @@ class DataConfig:
 
     format: str = field(default="synthetic", metadata={"help": f"one of {FORMATS}"})
     path: str = field(default="", metadata={"help": "dataset root (synthetic: where it is written)"})
-    category: str = field(default="", metadata={"help": "Amazon category file stem, e.g. Home_and_Kitchen"})
+    category: str = field(default="", metadata={
+        "help": "Amazon category file stem, e.g. Home_and_Kitchen; recbole: the atomic files' stem (default: the directory name)"})
     date_from: str = field(default="", metadata={"help": "keep interactions on/after YYYY-MM-DD"})
     date_to: str = field(default="", metadata={"help": "keep interactions before YYYY-MM-DD"})
     chunks: int = field(default=10, metadata={"help": "T+1 chunks of equal row count"})
@@ -60,6 +61,17 @@ class DataConfig:
     max_words: int = field(default=40, metadata={"help": "words of item text kept"})
     dedup: bool = field(default=True, metadata={"help": "drop exact duplicate (user,item,time) rows (counted)"})
     mask_history: bool = field(default=False, metadata={"help": "mask a user's seen items when ranking"})
+    sample_users: int = field(default=0, metadata={
+        "help": "keep a uniform random sample of this many users after loading, before the stream (0 = all)"})
+    sample_seed: int = field(default=0, metadata={
+        "help": "seed of data.sample_users (a data setting, independent of run.seed)"})
+    recbole_user_field: str = field(default="user_id", metadata={"help": "recbole: user field of the .inter file"})
+    recbole_item_field: str = field(default="item_id", metadata={"help": "recbole: item field of .inter and .item"})
+    recbole_time_field: str = field(default="timestamp", metadata={
+        "help": "recbole: time field of the .inter file (seconds since the epoch)"})
+    recbole_text: str = field(default="", metadata={
+        "help": "recbole: item text template over .item fields, e.g. '{movie_title} ({release_year}) {genre}' "
+                "(empty: that one when the fields exist, else every token/token_seq field joined)"})
 
     def __post_init__(self) -> None:
         _require(self.format in FORMATS, f"data.format must be one of {FORMATS}, got {self.format!r}")
@@ -68,6 +80,7 @@ class DataConfig:
         _require(0.0 < self.train_frac < 1.0, "data.train_frac must be in (0, 1)")
         _require(self.max_len >= 1, "data.max_len must be >= 1")
         _require(self.max_words >= 1, "data.max_words must be >= 1")
+        _require(self.sample_users >= 0, "data.sample_users must be >= 0 (0 = all users)")
 
 
 @dataclass(frozen=True)
@@ -86,9 +99,12 @@ class CacheConfig:
     dir: str = field(default="", metadata={"help": "cache directory (default: <run.out>/cache)"})
     batch_size: int = field(default=64, metadata={"help": "items per encoder batch"})
     workers: int = field(default=1, metadata={"help": "encoder actors (one GPU each when present)"})
+    pooling: str = field(default="cls", metadata={"help": "per-layer pooling stored in the cache: cls (first "
+                                                          "token) | mean (non-padding tokens / image patches)"})
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 1 and self.workers >= 1, "cache.batch_size and cache.workers must be >= 1")
+        _require(self.pooling in ("cls", "mean"), f"cache.pooling must be 'cls' or 'mean', got {self.pooling!r}")
 
 
 @dataclass(frozen=True)
@@ -105,12 +121,15 @@ class ModelConfig:
     dropout: float = field(default=0.1, metadata={"help": "sequence-encoder dropout"})
     replay_size: int = field(default=2048, metadata={"help": "iisan_rh reservoir size (sequences)"})
     kd_weight: float = field(default=1.0, metadata={"help": "iisan_kd distillation weight"})
+    feature_norm: str = field(default="layer", metadata={
+        "help": "'layer': standardise each cached layer with D_0 items' mean and scale (fixed at warm-up); 'none'"})
 
     def __post_init__(self) -> None:
         _require(self.variant in VARIANTS, f"model.variant must be one of {VARIANTS}, got {self.variant!r}")
         _require(self.d_prime >= 1 and self.layers_per_group >= 1, "model.d_prime and model.layers_per_group must be >= 1")
         _require(0.0 <= self.tau < 1.0, "model.tau must be in [0, 1)")
         _require(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
+        _require(self.feature_norm in ("none", "layer"), f"model.feature_norm must be 'none' or 'layer', got {self.feature_norm!r}")
 
 
 @dataclass(frozen=True)
@@ -123,14 +142,15 @@ class TrainConfig:
     lr_min: float = field(default=1e-4, metadata={"help": "learning-rate floor"})
     patience: int = field(default=5, metadata={"help": "epochs without val NDCG@10 gain before stopping"})
     max_epochs: int = field(default=50, metadata={"help": "epoch cap per window"})
-    precision: str = field(default="half", metadata={"help": "'half' (fp16 on CUDA, bf16 on CPU) or 'full'"})
+    precision: str = field(default="auto", metadata={
+        "help": "'auto' (fp16 on CUDA, float32 on CPU), 'half' (fp16 on CUDA, bf16 on CPU) or 'full' (float32)"})
     num_workers: int = field(default=1, metadata={"help": "Ray Train workers"})
     use_gpu: bool = field(default=False, metadata={"help": "one GPU per worker"})
     max_failures: int = field(default=2, metadata={"help": "worker-group restarts allowed"})
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 2, "train.batch_size must be >= 2")
-        _require(self.precision in ("half", "full"), "train.precision must be 'half' or 'full'")
+        _require(self.precision in ("auto", "half", "full"), "train.precision must be 'auto', 'half' or 'full'")
         _require(self.num_workers >= 0, "train.num_workers must be >= 0")
 
 

@@ -17,8 +17,9 @@ import matplotlib
 matplotlib.use("Agg")  # no display on clusters and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
-CSV_FIELDS = ["window", "test_chunk", "hr10", "ndcg10", "val_ndcg10", "epochs", "seconds", "experts",
-              "mp_mb", "trp_mb", "peak_mem_mb"]
+CSV_FIELDS = ["window", "test_chunk", "hr10", "ndcg10", "pop_hr10", "pop_ndcg10", "val_ndcg10", "epochs", "seconds",
+              "experts", "mp_mb", "trp_mb", "peak_mem_mb"]
+POPULARITY = "popularity of D_(s-1)"  # the reference row: the test chunk's cases ranked by the previous chunk's counts
 
 
 def dedupe_windows(rows: Iterable[dict]) -> list[dict]:
@@ -56,8 +57,14 @@ def results_markdown(rows: list[dict], title: str, variant: str) -> str:
     nd = [100 * r["ndcg10"] for r in tests]
     lines = [f"# {title}", "", "Recommendation performance in % (full ranking over all items seen so far).", "",
              "| Method | Metric | " + " | ".join(heads) + " |", "|---|---|" + "---:|" * len(heads)]
-    lines.append(f"| {variant} | HR@10 | " + " | ".join(f"{v:.2f}" for v in hr + [sum(hr) / len(hr)]) + " |")
-    lines.append(f"| {variant} | NDCG@10 | " + " | ".join(f"{v:.2f}" for v in nd + [sum(nd) / len(nd)]) + " |")
+    lines.append(_row(variant, "HR@10", hr))
+    lines.append(_row(variant, "NDCG@10", nd))
+    if all(r.get("pop_ndcg10") is not None for r in tests):
+        lines.append(_row(f"*{POPULARITY}*", "HR@10", [100 * r["pop_hr10"] for r in tests]))
+        lines.append(_row(f"*{POPULARITY}*", "NDCG@10", [100 * r["pop_ndcg10"] for r in tests]))
+        lines.append("")
+        lines.append(f"*{POPULARITY}*: a non-learned reference on the same cases and candidates, ranking items by "
+                     "their interactions in the chunk before the test chunk (ties count against the target).")
     windows = dedupe_windows(rows)
     total_s = sum(r["seconds"] for r in windows)
     epochs = sum(r["epochs"] for r in windows)
@@ -70,12 +77,18 @@ def results_markdown(rows: list[dict], title: str, variant: str) -> str:
     return "\n".join(lines)
 
 
+def _row(name: str, metric: str, values: list[float]) -> str:
+    return f"| {name} | {metric} | " + " | ".join(f"{v:.2f}" for v in values + [sum(values) / len(values)]) + " |"
+
+
 def metrics_plot(rows: list[dict]) -> bytes:
     tests = test_rows(rows)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     x = [r["test_chunk"] for r in tests]
     ax.plot(x, [100 * r["hr10"] for r in tests], marker="o", label="HR@10")
     ax.plot(x, [100 * r["ndcg10"] for r in tests], marker="s", label="NDCG@10")
+    if all(r.get("pop_ndcg10") is not None for r in tests):
+        ax.plot(x, [100 * r["pop_ndcg10"] for r in tests], "k--", lw=1, label=f"NDCG@10, {POPULARITY}")
     ax.set_xlabel("test chunk D_s")
     ax.set_ylabel("%")
     ax.set_xticks(x)

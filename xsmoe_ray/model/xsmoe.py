@@ -1,7 +1,8 @@
 """XSMoE: side networks over cached backbone states, fusion, sequence encoder, scores (paper §4).
 
-Item tower: per modality, the cached [CLS] states ``[n, G+1, d]`` of the item go through that
-modality's side network (``side_moe.py``) to ``e^v`` / ``e^t``; the fusion layer gives
+Item tower: per modality, the cached layer states ``[n, G+1, d]`` of the item, standardised per
+layer when ``feature_norm='layer'`` (``feature_norm.py``), go through that modality's side network
+(``side_moe.py``) to ``e^v`` / ``e^t``; the fusion layer gives
 ``e = FC([e^v; e^t])`` (Eq. 4). User tower: the causal sequence encoder over the item embeddings
 (Eq. 6). Score: dot product (Eq. 7). Loss: in-batch debiased cross-entropy (Eq. 8, ``loss.py``).
 
@@ -18,8 +19,8 @@ Departures from the paper, all open points it leaves: experts, routers and the f
 biases; a new router row starts as the mean of the expert rows; utilization (Eq. 5) includes the
 backbone term in its denominator (DESIGN.md) and is averaged over the unique items the side network
 saw, not over interactions; the loss is a mean over target positions, not a sum; the sequence
-encoder is pre-LN (``encoder.py``). Training follows SASRec: every position of a sequence predicts
-its next item, not only the last one.
+encoder is pre-LN (``encoder.py``). Training follows SASRec: every loss position of a row predicts
+its next item, not only the last one (which positions carry loss: ``train/data.py``).
 """
 
 from __future__ import annotations
@@ -32,10 +33,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .encoder import SequenceEncoder
+from .feature_norm import LayerStandardizer
 from .loss import batch_candidates, debiased_ce, distillation_kl, fused_debiased_ce, masked_logits
 from .side_moe import SideNetwork
 
 MODALITIES = ("image", "text")  # fusion order: [e_v; e_t] (Eq. 4)
+FEATURE_NORMS = ("none", "layer")
 
 
 @dataclass(frozen=True)
@@ -62,20 +65,25 @@ class XSMoE(nn.Module):
     """The whole recommender. ``dims`` maps each modality it uses to its backbone width ``d``."""
 
     def __init__(self, *, variant: str, dims: dict[str, int], n_groups: int, d_prime: int, embed_dim: int,
-                 max_len: int, seq_blocks: int, seq_heads: int, dropout: float, kd_weight: float = 1.0) -> None:
+                 max_len: int, seq_blocks: int, seq_heads: int, dropout: float, kd_weight: float = 1.0,
+                 feature_norm: str = "none") -> None:
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; variants: {sorted(VARIANTS)}")
         if not dims or set(dims) - set(MODALITIES):
             raise ValueError(f"dims must map a non-empty subset of {MODALITIES} to sizes, got {dims}")
+        if feature_norm not in FEATURE_NORMS:
+            raise ValueError(f"unknown feature_norm {feature_norm!r}; one of {FEATURE_NORMS}")
         self.variant, self.spec = variant, VARIANTS[variant]
         self.modalities = tuple(m for m in MODALITIES if m in dims)
         self.args = dict(variant=variant, dims={m: int(dims[m]) for m in self.modalities}, n_groups=n_groups,
                          d_prime=d_prime, embed_dim=embed_dim, max_len=max_len, seq_blocks=seq_blocks,
-                         seq_heads=seq_heads, dropout=dropout, kd_weight=kd_weight)
+                         seq_heads=seq_heads, dropout=dropout, kd_weight=kd_weight, feature_norm=feature_norm)
         self.n_groups, self.max_len, self.kd_weight = n_groups, max_len, kd_weight
         self.sides = nn.ModuleDict(
             {m: SideNetwork(dims[m], d_prime, n_groups) for m in self.modalities} if self.spec.side else {})
+        self.norms = nn.ModuleDict(
+            {m: LayerStandardizer(n_groups + 1, dims[m]) for m in self.modalities} if feature_norm == "layer" else {})
         self.fusion = nn.Linear(sum(dims[m] for m in self.modalities), embed_dim)
         self.encoder = SequenceEncoder(embed_dim, max_len, seq_blocks, seq_heads, dropout)
         for m in self.modalities:
@@ -95,6 +103,13 @@ class XSMoE(nn.Module):
                 raise ValueError(f"{m} features must be [n_items+1, {want[0]}, {want[1]}], got {tuple(t.shape)}")
             setattr(self, f"features_{m}", t.to(self.fusion.weight.device))
 
+    def fit_feature_norm(self, item_ids: torch.Tensor) -> None:
+        """Fix the per-layer standardisation (``feature_norm='layer'``) from the cached states of
+        ``item_ids`` (the items of D_0, at warm-up); a no-op without standardisation."""
+        features = self._features()
+        for m, norm in self.norms.items():
+            norm.fit(features[m].index_select(0, item_ids.to(features[m].device)))
+
     def _features(self) -> dict[str, torch.Tensor]:
         feats = {m: getattr(self, f"features_{m}") for m in self.modalities}
         missing = [m for m, t in feats.items() if t is None]
@@ -113,6 +128,8 @@ class XSMoE(nn.Module):
         out, start = None, 0
         for m in self.modalities:
             cache = features[m].index_select(0, item_ids).float()  # [n, G+1, d]
+            if m in self.norms:
+                cache = self.norms[m](cache)
             e = self.sides[m](cache) if self.spec.side else cache[:, -1]  # [n, d]
             w = self.fusion.weight[:, start:start + e.shape[1]]  # [D, d]
             out = F.linear(e, w, self.fusion.bias) if out is None else out + F.linear(e, w)
@@ -160,13 +177,16 @@ class XSMoE(nn.Module):
         table = self._embed(ids, features)
         return ids, index, table, self._states(table, index[:, :-1])
 
-    def _logits(self, seq: torch.Tensor, log_pop: torch.Tensor, features: dict[str, torch.Tensor]):
+    def _logits(self, seq: torch.Tensor, log_pop: torch.Tensor, features: dict[str, torch.Tensor],
+                first: torch.Tensor | None = None):
         ids, index, table, states = self._towers(seq, features)
-        return masked_logits(states, table, index, log_pop[ids])  # [P, U], [P]
+        return masked_logits(states, table, index, log_pop[ids], first)  # [P, U], [P]
 
-    def forward(self, seq: torch.Tensor, log_pop: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def forward(self, seq: torch.Tensor, log_pop: torch.Tensor, first: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, dict]:
         """Training loss of a batch. ``seq`` [B, L+1] int64 (0 = left padding): positions ``0..L-1`` are
-        inputs, ``1..L`` targets (only non-zero targets count); ``log_pop`` [n_items+1] = log p_i.
+        inputs, ``1..L`` targets; ``log_pop`` [n_items+1] = log p_i; ``first`` [B]: the first position
+        of each row that carries loss (default 1; a position also needs a real input and target).
 
         Returns ``(loss, stats)``; stats hold detached tensors / ints: ce, kd, loss, targets, unique_items.
         """
@@ -174,13 +194,13 @@ class XSMoE(nn.Module):
         ids, index, table, states = self._towers(seq, features)
         kd = torch.zeros((), device=states.device)
         if self.spec.distill and self.teacher is not None and self.training:
-            logits, pos = masked_logits(states, table, index, log_pop[ids])
+            logits, pos = masked_logits(states, table, index, log_pop[ids], first)
             ce, n_targets = debiased_ce(logits, pos), pos.numel()
             with torch.no_grad():
-                t_logits, _ = self.teacher._logits(seq, log_pop, features)
+                t_logits, _ = self.teacher._logits(seq, log_pop, features, first)
             kd = distillation_kl(logits, t_logits)
         else:
-            ce, n_targets = fused_debiased_ce(states, table, index, log_pop[ids])
+            ce, n_targets = fused_debiased_ce(states, table, index, log_pop[ids], first)
         loss = ce + self.kd_weight * kd
         stats = {"loss": loss.detach(), "ce": ce.detach(), "kd": kd.detach(), "targets": n_targets,
                  "unique_items": ids.numel()}
@@ -288,7 +308,8 @@ class XSMoE(nn.Module):
 
 def build_model(variant: str, *, text_dim: int | None, image_dim: int | None, n_groups: int, d_prime: int,
                 embed_dim: int, max_len: int, seq_blocks: int, seq_heads: int, dropout: float,
-                modalities: tuple[str, ...] = ("image", "text"), kd_weight: float = 1.0) -> XSMoE:
+                modalities: tuple[str, ...] = ("image", "text"), kd_weight: float = 1.0,
+                feature_norm: str = "none") -> XSMoE:
     """The model of a variant over the modalities the dataset has (``modalities``).
 
     Single-modality variants need their modality; every other variant uses all available ones
@@ -310,4 +331,4 @@ def build_model(variant: str, *, text_dim: int | None, image_dim: int | None, n_
         raise ValueError(f"variant {variant!r}: no dimension given for {missing} (text_dim / image_dim)")
     return XSMoE(variant=variant, dims={m: int(sizes[m]) for m in used}, n_groups=n_groups, d_prime=d_prime,
                  embed_dim=embed_dim, max_len=max_len, seq_blocks=seq_blocks, seq_heads=seq_heads,
-                 dropout=dropout, kd_weight=kd_weight)
+                 dropout=dropout, kd_weight=kd_weight, feature_norm=feature_norm)

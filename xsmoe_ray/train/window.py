@@ -2,8 +2,13 @@
 
 Adam at ``lr`` (reset every window) decayed ×``lr_decay`` per epoch down to ``lr_min``; early stop
 after ``patience`` epochs without a gain in val NDCG@10; the best epoch's weights are restored at
-the end. Utilization sums (Eq. 5) are collected over the last epoch that ran. Half precision:
-fp16 autocast with a GradScaler on CUDA, bf16 autocast on CPU.
+the end. Utilization sums (Eq. 5) that drive pruning describe the *kept* weights: after the
+restore, one forward pass of the item tower over the window's training rows collects them (the
+sums of a later, discarded epoch would prune by weights that are no longer there).
+
+Precision: ``auto`` (default) is fp16 autocast with a GradScaler on CUDA and float32 on CPU;
+``half`` also uses bf16 autocast on CPU, which rounds away the small item-specific part of raw
+cached states (docs/RESULTS.md), while evaluation always scores in float32; ``full`` is float32.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ import torch
 
 from xsmoe_ray.config import TrainConfig
 from xsmoe_ray.evaluate import RankingSums, evaluate
-from xsmoe_ray.train.data import Cases, WindowData, epoch_batches
+from xsmoe_ray.model.loss import batch_candidates
+from xsmoe_ray.train.data import Cases, WindowData, epoch_batches, split_rows
 from xsmoe_ray.train.sync import all_reduce_sum, rank_and_world, unwrap
 
 
@@ -30,11 +36,15 @@ class WindowResult:
 
 
 def autocast_for(device: torch.device, precision: str):
-    if precision != "half":
+    if precision == "full" or (precision == "auto" and device.type != "cuda"):
         return nullcontext()
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.float16)
     return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+def uses_grad_scaler(device: torch.device, precision: str) -> bool:
+    return device.type == "cuda" and precision in ("half", "auto")
 
 
 @torch.inference_mode()
@@ -55,35 +65,48 @@ def evaluate_cases(model: torch.nn.Module, cases: Cases, device: torch.device, m
     return RankingSums.from_tensor(all_reduce_sum(sums.as_tensor(device)).cpu())
 
 
+@torch.inference_mode()
+def evaluate_popularity(counts: torch.Tensor, cases: Cases, device: torch.device, mask_history: bool = False,
+                        batch_size: int = 1024) -> RankingSums:
+    """The reference ranking on the same cases: candidates by ``counts`` [n_items+1] (interactions in
+    the chunk before the test chunk), same tie rule and masking as the model; sharded like
+    :func:`evaluate_cases` and summed over all ranks."""
+    rank, world = rank_and_world()
+    mine = cases.shard(rank, world)
+    candidates = torch.from_numpy(cases.candidates).to(device)
+    row = counts.to(device=device, dtype=torch.float32)[candidates]  # [C]
+    sums = evaluate(lambda ctx: row.expand(len(ctx), -1), torch.from_numpy(mine.contexts),
+                    torch.from_numpy(mine.targets), candidates, k=10, batch_size=batch_size,
+                    mask_history=mask_history)
+    return RankingSums.from_tensor(all_reduce_sum(sums.as_tensor(device)).cpu())
+
+
 def train_window(model, data: WindowData, cfg: TrainConfig, device: torch.device, *, seed: int,
                  mask_history: bool = False, replay=None, log=print) -> WindowResult:
     """Run the epochs of one window on ``model`` (DDP-wrapped or not); returns what happened."""
     raw = unwrap(model)
     t0 = time.perf_counter()
     rank, world = rank_and_world()
-    seqs = torch.from_numpy(data.train_seq)
+    seqs = torch.from_numpy(data.train_rows)
     log_pop = torch.from_numpy(data.log_pop).to(device)
     params = raw.trainable_parameters()
     optimizer = torch.optim.Adam(params, lr=cfg.lr)
-    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and cfg.precision == "half" else None
+    scaler = torch.amp.GradScaler("cuda") if uses_grad_scaler(device, cfg.precision) else None
     best, best_state, stale, result = -1.0, None, 0, WindowResult(0, 0.0, 0.0)
     max_epochs = cfg.max_epochs if len(data.val) else min(cfg.max_epochs, cfg.patience)
     for epoch in range(max_epochs if len(seqs) else 0):
         for group in optimizer.param_groups:
             group["lr"] = max(cfg.lr * cfg.lr_decay ** epoch, cfg.lr_min)
         raw.train()
-        raw.reset_utilization()
-        raw.set_utilization_tracking(True)
         losses = []
         for idx in epoch_batches(len(seqs), cfg.batch_size, seed, epoch, rank, world):
             batch = seqs[idx]
             if replay is not None and len(replay):
                 batch = replay.mix(batch)
             losses.append(_step(model, optimizer, scaler, batch.to(device), log_pop, device, cfg.precision))
-        raw.set_utilization_tracking(False)
         result.epochs = epoch + 1
         result.losses.append(float(torch.stack(losses).float().mean()) if losses else float("nan"))
-        val = evaluate_cases(model, data.val, device).ndcg_mean if len(data.val) else 0.0
+        val = evaluate_cases(model, data.val, device, mask_history).ndcg_mean if len(data.val) else 0.0
         log(f"  epoch {epoch + 1:>2}  loss {result.losses[-1]:.4f}  val NDCG@10 {100 * val:.2f}%  "
             f"lr {optimizer.param_groups[0]['lr']:.2e}")
         if val > best:
@@ -95,15 +118,36 @@ def train_window(model, data: WindowData, cfg: TrainConfig, device: torch.device
                 break
     if best_state is not None:
         raw.load_state_dict(best_state)
+    track_utilization(raw, seqs, cfg.batch_size, device, rank, world)
     result.best_val_ndcg, result.seconds = max(best, 0.0), time.perf_counter() - t0
     return result
+
+
+@torch.no_grad()
+def track_utilization(raw, rows: torch.Tensor, batch_size: int, device: torch.device, rank: int, world: int) -> None:
+    """Utilization sums (Eq. 5) of the current weights over this rank's share of the training rows.
+
+    Item tower only, per batch's unique items as in training (the side network has no dropout, so
+    train mode changes nothing but enables tracking). Deterministic batches: same on a re-run.
+    """
+    raw.reset_utilization()
+    raw.set_utilization_tracking(True)
+    was_training = raw.training
+    raw.train()
+    for idx in epoch_batches(len(rows), batch_size, seed=0, epoch=0, rank=rank, world=world):
+        seq, _ = split_rows(rows[idx])
+        ids, _ = batch_candidates(seq.to(device))
+        raw.item_embeddings(ids)
+    raw.set_utilization_tracking(False)
+    raw.train(was_training)
 
 
 def _step(model, optimizer, scaler, batch, log_pop, device, precision) -> torch.Tensor:
     """One optimizer step; the loss stays on the device (no host sync per step)."""
     optimizer.zero_grad(set_to_none=True)
+    seq, first = split_rows(batch)
     with autocast_for(device, precision):
-        loss, _ = model(batch, log_pop)
+        loss, _ = model(seq, log_pop, first)
     if scaler is not None:
         scaler.scale(loss).backward()
         scaler.step(optimizer)

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from xsmoe_ray.cache import load_grouped, open_cache
@@ -25,9 +26,9 @@ from xsmoe_ray.model import ReservoirBuffer, XSMoE, build_model
 from xsmoe_ray.model.params import parameter_report
 from xsmoe_ray.prepared import load_prepared
 from xsmoe_ray.train.checkpoint import WindowState, load_state, save_state
-from xsmoe_ray.train.data import window_data
+from xsmoe_ray.train.data import chunk_counts, window_data
 from xsmoe_ray.train.sync import all_reduce_sum, check_same_across_ranks, parameter_hash, rank_and_world, wrap
-from xsmoe_ray.train.window import evaluate_cases, train_window
+from xsmoe_ray.train.window import evaluate_cases, evaluate_popularity, train_window
 
 ReportFn = Callable[[dict, "object | None"], None]
 
@@ -48,7 +49,13 @@ def new_model(cfg: ExperimentConfig, features: dict[str, torch.Tensor]) -> XSMoE
     return build_model(cfg.model.variant, text_dim=dims.get("text"), image_dim=dims.get("image"),
                        n_groups=n_groups, d_prime=cfg.model.d_prime, embed_dim=cfg.model.embed_dim,
                        max_len=cfg.data.max_len, seq_blocks=cfg.model.seq_blocks, seq_heads=cfg.model.seq_heads,
-                       dropout=cfg.model.dropout, modalities=tuple(features), kd_weight=cfg.model.kd_weight)
+                       dropout=cfg.model.dropout, modalities=tuple(features), kd_weight=cfg.model.kd_weight,
+                       feature_norm=cfg.model.feature_norm)
+
+
+def warm_up_items(stream) -> torch.Tensor:
+    """The items of D_0 (every split): the only items the feature standardisation is fitted on."""
+    return torch.from_numpy(np.unique(stream.item[stream.rows(0)]).astype(np.int64))
 
 
 def restore(checkpoint) -> WindowState | None:
@@ -95,6 +102,8 @@ def run_windows(config: dict, report: ReportFn, get_checkpoint: Callable[[], obj
         rank0_log(f"[stream] resuming after window {state.window}")
     raw = state.model
     raw.set_item_features(features)
+    if state.window < 0:
+        raw.fit_feature_norm(warm_up_items(stream))  # fixed at warm-up; a resume loads it from the checkpoint
     raw.to(device)
     replay = ReservoirBuffer(cfg.model.replay_size, seed=cfg.run.seed) if raw.spec.replay else None
     if replay is not None and state.replay:
@@ -114,20 +123,23 @@ def run_one_window(cfg: ExperimentConfig, raw: XSMoE, stream, n_items: int, w: i
         raw.begin_window()
     model = wrap(raw, device)
     data = window_data(stream, w, n_items)
-    rank0_log(f"[stream] window {w}: train on D_{w} ({len(data.train_seq):,} targets)"
+    rank0_log(f"[stream] window {w}: train on D_{w} ({data.n_targets:,} targets in {len(data.train_rows):,} rows)"
               + (f", test on D_{w + 1} ({len(data.test):,} cases)" if w >= 1 else " (warm-up)"))
     result = train_window(model, data, cfg.train, device, seed=cfg.run.seed * 1000 + w,
                           mask_history=cfg.data.mask_history, replay=replay, log=rank0_log)
     test = evaluate_cases(model, data.test, device, cfg.data.mask_history) if w >= 1 else None
+    popular = (evaluate_popularity(torch.from_numpy(chunk_counts(stream, w, n_items)), data.test, device,
+                                   cfg.data.mask_history) if test else None)
     removed = raw.prune(cfg.model.tau, reduced_utilization(raw))
     if replay is not None:
-        replay.add(torch.from_numpy(data.train_seq))
+        replay.add(torch.from_numpy(data.train_rows))
     digest = parameter_hash(raw)
     check_same_across_ranks(digest)  # raises on every rank if any rank diverged
     params = parameter_report(raw)["model"]
     row = {
         "window": w, "test_chunk": w + 1 if w >= 1 else None,
         "hr10": test.hr if test else None, "ndcg10": test.ndcg_mean if test else None,
+        "pop_hr10": popular.hr if popular else None, "pop_ndcg10": popular.ndcg_mean if popular else None,
         "val_ndcg10": result.best_val_ndcg, "epochs": result.epochs, "seconds": result.seconds,
         "experts": experts_per_layer(raw), "pruned": {m: {str(k): v for k, v in d.items()} for m, d in removed.items()},
         "mp_mb": params["total_mb"], "trp_mb": params["trainable_mb"],
@@ -136,7 +148,8 @@ def run_one_window(cfg: ExperimentConfig, raw: XSMoE, stream, n_items: int, w: i
     }
     if test:
         rank0_log(f"[stream] window {w}: test D_{w + 1}  HR@10 {100 * test.hr:.2f}%  NDCG@10 "
-                  f"{100 * test.ndcg_mean:.2f}%  ({result.epochs} epochs, {result.seconds:.1f} s, "
+                  f"{100 * test.ndcg_mean:.2f}%  (popularity {100 * popular.ndcg_mean:.2f}%; "
+                  f"{result.epochs} epochs, {result.seconds:.1f} s, "
                   f"experts {row['experts']})")
     return row
 

@@ -1,0 +1,84 @@
+"""One window's training: pruning statistics of the kept weights, precision, popularity reference."""
+
+import numpy as np
+import torch
+
+from tests.test_streaming import make_dataset
+from xsmoe_ray.config import TrainConfig
+from xsmoe_ray.model import build_model
+from xsmoe_ray.streaming import build_stream
+from xsmoe_ray.train.data import chunk_counts, window_data
+from xsmoe_ray.train.window import (autocast_for, evaluate_popularity, track_utilization, train_window,
+                                    uses_grad_scaler)
+
+N_ITEMS = 40
+
+
+def setup(seed=0):
+    s = build_stream(make_dataset(), chunks=5, k_core=2, train_frac=0.85, max_len=4)
+    torch.manual_seed(seed)
+    m = build_model("xsmoe", text_dim=8, image_dim=None, n_groups=2, d_prime=4, embed_dim=8, max_len=4,
+                    seq_blocks=1, seq_heads=1, dropout=0.0, modalities=("text",))
+    m.set_item_features({"text": torch.randn(N_ITEMS + 1, 3, 8)})
+    return s, m
+
+
+def test_pruning_statistics_describe_the_restored_best_weights():
+    s, m = setup()
+    m.begin_window()
+    data = window_data(s, 1, N_ITEMS)
+    cfg = TrainConfig(batch_size=32, lr=0.05, lr_decay=1.0, max_epochs=4, patience=4, precision="full")
+    states = []
+    # Record the weights after every epoch's evaluation: the restored ones are one of them.
+    val_scores = iter([0.9, 0.1, 0.2, 0.3])  # epoch 1 is best; later epochs move the weights on
+    import xsmoe_ray.train.window as window
+
+    real = window.evaluate_cases
+
+    def fake_eval(model, cases, device, mask_history=False, batch_size=1024):
+        states.append({k: v.clone() for k, v in m.state_dict().items()})
+        out = real(model, cases, device, mask_history, batch_size)
+        out.ndcg, out.count = next(val_scores), 1
+        return out
+
+    window.evaluate_cases = fake_eval
+    try:
+        result = train_window(m, data, cfg, torch.device("cpu"), seed=0, log=lambda *_: None)
+    finally:
+        window.evaluate_cases = real
+    assert result.epochs == 4
+    assert all(torch.equal(v, states[0][k]) for k, v in m.state_dict().items())  # epoch 1 restored
+    kept = {k: v.clone() for k, v in m.utilization_sums().items()}
+    track_utilization(m, torch.from_numpy(data.train_rows), cfg.batch_size, torch.device("cpu"), 0, 1)
+    again = m.utilization_sums()
+    assert all(torch.allclose(kept[k], again[k]) for k in kept)
+    assert all(float(kept[k].sum()) > 0 for k in kept if k.endswith(".count"))
+    # ...and they differ from the statistics of the last epoch's weights (what the pruning used before).
+    m.load_state_dict(states[-1])
+    track_utilization(m, torch.from_numpy(data.train_rows), cfg.batch_size, torch.device("cpu"), 0, 1)
+    last = m.utilization_sums()
+    assert not all(torch.allclose(kept[k], last[k]) for k in kept if k.endswith(".sum"))
+
+
+def test_cpu_default_precision_is_float32_and_half_is_bf16():
+    cpu = torch.device("cpu")
+    assert TrainConfig().precision == "auto"
+    with autocast_for(cpu, "auto"):
+        assert not torch.is_autocast_enabled("cpu")
+    with autocast_for(cpu, "half"):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    assert not uses_grad_scaler(cpu, "auto") and uses_grad_scaler(torch.device("cuda"), "auto")
+    assert not uses_grad_scaler(torch.device("cuda"), "full")
+
+
+def test_popularity_reference_ranks_by_previous_chunk_counts():
+    s, _ = setup()
+    data = window_data(s, 2, N_ITEMS)
+    counts = chunk_counts(s, 2, N_ITEMS)
+    sums = evaluate_popularity(torch.from_numpy(counts), data.test, torch.device("cpu"))
+    # Hand computation: rank = number of candidates with a count >= the target's, minus one.
+    c = counts[data.test.candidates]
+    ranks = np.array([(c >= counts[t]).sum() - 1 for t in data.test.targets])
+    assert sums.count == len(data.test)
+    assert np.isclose(sums.hits, (ranks < 10).sum())
+    assert np.isclose(sums.ndcg, (1 / np.log2(ranks[ranks < 10] + 2)).sum())
