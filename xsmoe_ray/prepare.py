@@ -2,6 +2,7 @@
 
     python -m xsmoe_ray.prepare --format hm --data-dir data/hm --out prepared/hm data.k_core=10
     python -m xsmoe_ray.prepare --config amazon_home --data-dir data/amazon --out prepared/home
+    python -m xsmoe_ray.prepare --format recbole --data-dir data/ml1m/ml-1m --out prepared/ml1m data.sample_users=2000
 
 Prints the load report and a per-chunk table (users, items, interactions: the paper's dataset
 paragraph) and writes the prepared directory described in :mod:`xsmoe_ray.prepared`.
@@ -67,13 +68,21 @@ def prepare_data(cfg: ExperimentConfig, out: str | Path, *, force: bool = False,
         return read_summary(out)
     t0 = time.perf_counter()
     ds = load_dataset(cfg.data.format, root, category=cfg.data.category, date_from=cfg.data.date_from,
-                      date_to=cfg.data.date_to, dedup=cfg.data.dedup)
+                      date_to=cfg.data.date_to, dedup=cfg.data.dedup, sample_users=cfg.data.sample_users,
+                      sample_seed=cfg.data.sample_seed, recbole=recbole_options(cfg))
     log(ds.report.format())
     stream = build_stream(ds, cfg.data.chunks, cfg.data.k_core, cfg.data.train_frac, cfg.data.max_len)
     summary = write_prepared(out, ds, stream, cfg.data, str(root))
     log(format_chunks(summary))
     log(f"[prepare] wrote {out} in {time.perf_counter() - t0:.1f} s")
     return summary
+
+
+def recbole_options(cfg: ExperimentConfig) -> dict:
+    """The ``data.recbole_*`` settings as :func:`xsmoe_ray.data.load_recbole` keywords."""
+    d = cfg.data
+    return {"user_field": d.recbole_user_field, "item_field": d.recbole_item_field,
+            "time_field": d.recbole_time_field, "text": d.recbole_text}
 
 
 def format_chunks(summary: dict) -> str:
@@ -91,7 +100,7 @@ def format_chunks(summary: dict) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m xsmoe_ray.prepare",
-        description="Load a dataset (H&M, Amazon reviews 2018, generic, synthetic) and write its "
+        description="Load a dataset (H&M, Amazon reviews 2018, generic, RecBole atomic files, synthetic) and write its "
                     "streaming windows (chunks, per-chunk k-core, 85/15 split, contexts).",
         epilog="Overrides: key=value with keys " + ", ".join(k for k in valid_keys() if k.startswith(("data.", "synth."))),
     )
@@ -104,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-PRESET_OF_FORMAT = {"synthetic": "demo", "hm": "hm", "amazon": "amazon_home", "generic": "demo"}
+PRESET_OF_FORMAT = {"synthetic": "demo", "hm": "hm", "amazon": "amazon_home", "generic": "demo", "recbole": "ml1m"}
 
 
 def main(argv: list[str] | None = None) -> int:
