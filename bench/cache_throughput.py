@@ -33,9 +33,9 @@ import numpy as np
 import pyarrow as pa
 
 from xsmoe_ray import backbones
-from xsmoe_ray.cache import full_spec
-from xsmoe_ray.cache_build import (LayerEncoder, cpu_stage_kwargs, encode_with_ray, encoder_kwargs, encoding_table,
+from xsmoe_ray.cache.build import (LayerEncoder, cpu_stage_kwargs, encode_with_ray, encoder_kwargs, encoding_table,
                                    prepare_batch)
+from xsmoe_ray.cache.layout import full_spec
 from xsmoe_ray.config import load_config
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"

@@ -1,4 +1,5 @@
-"""Layer-output cache: Ray Data build, incremental rebuilds, placeholders, refusals, kill safety, loader."""
+"""Layer-output cache: Ray Data build, incremental rebuilds, placeholders, refusals, kill safety, loader,
+pooling (cls / mean) and how much the demo backbones' cached states vary between items."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import torch
 
 from xsmoe_ray import backbones
 from xsmoe_ray.cache import CacheError, CacheMismatchError, check_cache, load_grouped, open_cache
-from xsmoe_ray.cache_build import KILL_ENV, build_cache
+from xsmoe_ray.cache.build import KILL_ENV, build_cache
 from xsmoe_ray.config import load_config
 
 WORDS = "red blue cotton dress shirt soft warm jersey summer long sleeve denim wool knit".split()
@@ -60,12 +61,13 @@ def read_items(root: Path) -> pa.Table:
 
 
 def cfg(*overrides: str):
-    return load_config("demo", [f"cache.batch_size={BATCH}", *overrides])
+    """The demo config; pooling pinned to ``cls`` so these tests do not depend on the default."""
+    return load_config("demo", [f"cache.batch_size={BATCH}", "cache.pooling=cls", *overrides])
 
 
-def build(data: Path, cache_dir: Path, config=None):
+def build(data: Path, cache_dir: Path, config=None, rebuild: bool = False):
     """One torch thread: the tiny models gain nothing from more, and a busy 2-core box loses a lot."""
-    return build_cache(data, cache_dir, config or cfg(), threads=1)
+    return build_cache(data, cache_dir, config or cfg(), rebuild=rebuild, threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +90,9 @@ def test_build_writes_arrays_and_manifest(built):
         assert arr.dtype == np.float16 and arr.shape == (11, 5, 32)
         assert not arr[0].any() and np.abs(arr[1:]).sum(axis=(1, 2)).min() > 0  # row 0 = padding only
     text = m["modalities"]["text"]
-    assert text["id"] == "demo:bert-demo-v1" and text["max_words"] == 40 and text["max_tokens"] == 82
+    assert text["id"] == backbones.backbone_id("demo", "text") and text["id"].startswith("demo:bert-demo-v")
+    assert text["max_words"] == 40 and text["max_tokens"] == 82
+    assert text["pooling"] == m["modalities"]["image"]["pooling"] == cfg().cache.pooling
     assert m["modalities"]["image"]["image_size"] == 32 and len(text["hashes"]) == 10
 
 
@@ -161,7 +165,7 @@ def test_load_grouped_keeps_l0_and_each_groups_last_layer(built):
 
 def test_check_cache_accepts_the_items_it_was_built_for(built):
     data, cache_dir, _ = built
-    assert check_cache(cache_dir, read_items(data), cfg().backbone)["n_items"] == 10
+    assert check_cache(cache_dir, read_items(data), cfg().backbone, pooling="cls")["n_items"] == 10
 
 
 @pytest.mark.parametrize("overrides, expected", [
@@ -175,7 +179,8 @@ def test_mismatched_backbones_are_refused(built, overrides, expected):
         build(data, cache_dir, cfg(*overrides))
     assert expected in err.value.differences
     with pytest.raises(CacheMismatchError):
-        check_cache(cache_dir, read_items(data), cfg(*overrides).backbone, max_words=cfg(*overrides).data.max_words)
+        check_cache(cache_dir, read_items(data), cfg(*overrides).backbone, max_words=cfg(*overrides).data.max_words,
+                    pooling="cls")
 
 
 def test_check_cache_refuses_changed_or_new_items(built):
@@ -183,10 +188,10 @@ def test_check_cache_refuses_changed_or_new_items(built):
     items = read_items(data)
     changed = items.set_column(2, "text", pa.array(["something else"] + items.column("text").to_pylist()[1:]))
     with pytest.raises(CacheMismatchError, match="1 item\\(s\\) with changed content"):
-        check_cache(cache_dir, changed, cfg().backbone)
+        check_cache(cache_dir, changed, cfg().backbone, pooling="cls")
     with pytest.raises(CacheMismatchError, match="not in the cache"):
         check_cache(cache_dir, items.set_column(1, "item_id", pa.array([f"new{k}" for k in range(10)])),
-                    cfg().backbone)
+                    cfg().backbone, pooling="cls")
 
 
 def test_loader_refuses_a_directory_without_manifest_or_with_bad_arrays(built, tmp_path):
@@ -204,7 +209,7 @@ def run_build_subprocess(ray_session, data: Path, cache_dir: Path, kill_at: str)
     """The CLI in a child process attached to the test cluster, SIGKILLed at ``kill_at``."""
     env = dict(os.environ, RAY_ADDRESS=ray_session.get_runtime_context().gcs_address, **{KILL_ENV: kill_at})
     cmd = [sys.executable, "-m", "xsmoe_ray.cache", "--data", str(data), "--out", str(cache_dir),
-           "--threads", "1", f"cache.batch_size={BATCH}"]
+           "--threads", "1", f"cache.batch_size={BATCH}", "cache.pooling=cls"]
     return subprocess.run(cmd, env=env, capture_output=True, timeout=120).returncode
 
 
@@ -259,3 +264,148 @@ def test_build_killed_before_commit_leaves_previous_cache(ray_session, built, tm
     cache = open_cache(cache_dir)
     assert cache.manifest == open_cache(built[1]).manifest
     assert np.array_equal(cache.arrays["image"], open_cache(built[1]).arrays["image"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Pooling (cache.pooling = cls | mean) and the spread of the demo backbones' states.
+
+
+@pytest.fixture(scope="module")
+def built_mean(built, tmp_path_factory):
+    """The cls cache of ``built``, replaced by a mean-pooled one with --rebuild (rebuild=True)."""
+    data, cls_dir, _ = built
+    mean_dir = tmp_path_factory.mktemp("cache_mean") / "cache"
+    shutil.copytree(cls_dir, mean_dir)
+    report = build(data, mean_dir, cfg("cache.pooling=mean"), rebuild=True)
+    return data, mean_dir, report
+
+
+def test_rebuild_replaces_a_cache_built_with_another_pooling(built, built_mean):
+    _, mean_dir, report = built_mean
+    assert report.encoded == {"text": 10, "image": 10} and report.reused == {"text": 0, "image": 0}
+    cache = open_cache(mean_dir)
+    assert {m: cache.pooling(m) for m in cache.arrays} == {"text": "mean", "image": "mean"}
+    assert [p.name for p in mean_dir.glob("build-*")] == [cache.manifest["build_id"]]
+    assert not np.array_equal(cache.arrays["text"], open_cache(built[1]).arrays["text"])
+
+
+@pytest.mark.parametrize("have, want", [("cls", "mean"), ("mean", "cls")])
+def test_a_cache_built_with_another_pooling_is_refused(built, built_mean, have, want):
+    data, cache_dir, _ = built if have == "cls" else built_mean
+    with pytest.raises(CacheMismatchError, match="--rebuild") as err:
+        build(data, cache_dir, cfg(f"cache.pooling={want}"))
+    for m in ("text", "image"):
+        assert f"{m}.pooling: cached {have!r}, requested {want!r}" in err.value.differences
+    with pytest.raises(CacheMismatchError, match="pooling"):
+        check_cache(cache_dir, read_items(data), cfg().backbone, pooling=want)
+    assert check_cache(cache_dir, read_items(data), cfg().backbone, pooling=have)["n_items"] == 10
+
+
+def test_check_cache_defaults_to_the_configured_pooling(built, built_mean):
+    from xsmoe_ray.config import CacheConfig
+
+    default = CacheConfig().pooling
+    assert default in backbones.POOLINGS
+    data, cache_dir, _ = built if default == "cls" else built_mean
+    check_cache(cache_dir, read_items(data), cfg().backbone)
+    other = built_mean if default == "cls" else built
+    with pytest.raises(CacheMismatchError, match="pooling"):
+        check_cache(other[1], read_items(data), cfg().backbone)
+
+
+def test_a_manifest_from_before_the_pooling_setting_counts_as_cls(built, tmp_path):
+    data, cache_dir = copy_built(built, tmp_path)
+    manifest = json.loads((cache_dir / "manifest.json").read_text())
+    for spec in manifest["modalities"].values():
+        del spec["pooling"]
+    (cache_dir / "manifest.json").write_text(json.dumps(manifest))
+    assert open_cache(cache_dir).pooling("text") == "cls"
+    check_cache(cache_dir, read_items(data), cfg().backbone, pooling="cls")
+    with pytest.raises(CacheMismatchError, match="text.pooling: cached 'cls', requested 'mean'"):
+        check_cache(cache_dir, read_items(data), cfg().backbone, pooling="mean")
+
+
+def test_unknown_pooling_is_a_config_error():
+    from xsmoe_ray.config import ConfigError
+
+    with pytest.raises(ConfigError, match="cache.pooling"):
+        cfg("cache.pooling=max")
+    with pytest.raises(backbones.BackboneError, match="pooling"):
+        backbones.pool(torch.zeros(1, 3, 4), "max")
+
+
+def test_text_mean_pooling_equals_a_hand_mean_over_the_attention_mask(built_mean):
+    """Run the HF model directly on the padded batch of all ten texts (lengths differ, item 3 is
+    empty) and average each layer over the tokens whose attention mask is 1."""
+    from transformers import AutoModel, AutoTokenizer
+
+    data, cache_dir, _ = built_mean
+    texts = [backbones.truncate_words(t, 40) for t in read_items(data).column("text").to_pylist()]
+    source = backbones.resolve_source("demo", "text")
+    model = AutoModel.from_pretrained(source).eval()
+    enc = AutoTokenizer.from_pretrained(source)(texts, padding=True, return_tensors="pt")
+    assert enc["attention_mask"].sum(1).min() < enc["attention_mask"].shape[1]  # padding present
+    with torch.no_grad():
+        hidden = model(**enc, output_hidden_states=True).hidden_states
+    mask = enc["attention_mask"].unsqueeze(-1).float()
+    expected = torch.stack([(h * mask).sum(1) / mask.sum(1) for h in hidden], dim=1).numpy()
+    np.testing.assert_allclose(open_cache(cache_dir).arrays["text"][1:].astype(np.float32), expected,
+                               rtol=2e-3, atol=2e-3)
+
+
+def test_image_mean_pooling_averages_the_patches_without_cls(built_mean):
+    from PIL import Image
+    from transformers import AutoImageProcessor, AutoModel
+
+    data, cache_dir, _ = built_mean
+    path = read_items(data).column("image")[0].as_py()
+    source = backbones.resolve_source("demo", "image")
+    model = AutoModel.from_pretrained(source).eval()
+    image = Image.open(path).convert("RGB").resize((32, 32), Image.BILINEAR)
+    with torch.no_grad():
+        pixels = AutoImageProcessor.from_pretrained(source)(images=image, return_tensors="pt")["pixel_values"]
+        hidden = model(pixel_values=pixels, output_hidden_states=True).hidden_states
+    assert hidden[0].shape[1] == 1 + (32 // 8) ** 2
+    expected = torch.stack([h[0, 1:].mean(0) for h in hidden]).numpy()
+    np.testing.assert_allclose(open_cache(cache_dir).arrays["image"][1].astype(np.float32), expected,
+                               rtol=2e-3, atol=2e-3)
+
+
+def relative_spread(cache_dir: Path, modality: str) -> np.ndarray:
+    """Per layer: std across items (mean over dims) / mean norm, placeholder items left out."""
+    cache = open_cache(cache_dir)
+    failed = {cache.manifest["rows"][i] for i in cache.manifest["modalities"][modality]["failures"]}
+    x = cache.arrays[modality][[k for k in range(1, cache.n_items + 1) if k not in failed]].astype(np.float32)
+    return x.std(axis=0).mean(axis=-1) / np.linalg.norm(x, axis=-1).mean(axis=0)
+
+
+# Threshold on std-across-items / norm. Per coordinate, rel * sqrt(d) is the spread in units of a
+# coordinate's typical magnitude; a float16 step is 2^-10 of it. The old demo's BERT [CLS] had
+# rel 0.0002-0.0003 (rel*sqrt(32) ~ 0.001-0.002: one or two float16 steps, no content). 0.01 means
+# ~58 steps per coordinate; over the demo's synthetic items the new demo backbones reach 0.02 (text
+# mean, l_0) to 0.17 (docs/BENCHMARKS.md, "Demo backbones"), so 0.01 leaves a 2x margin.
+MIN_SPREAD = 0.01
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_demo_states_vary_between_items(built, built_mean, pooling):
+    cache_dir = (built if pooling == "cls" else built_mean)[1]
+    for m in ("text", "image"):
+        rel = relative_spread(cache_dir, m)
+        if pooling == "cls":  # l_0 [CLS] is the same for every item by construction: why `mean` exists
+            assert rel[0] == 0.0
+            rel = rel[1:]
+        assert rel.min() > MIN_SPREAD, f"{m} {pooling}: {np.round(rel, 4)}"
+
+
+def test_a_changed_demo_recipe_gets_a_new_backbone_id_and_old_caches_are_refused(built, monkeypatch):
+    """The demo directory is written once: a changed demo config must not reuse it or its caches."""
+    data, cache_dir, _ = built
+    before = {m: (backbones.demo_name(m), backbones.backbone_id("demo", m)) for m in backbones.MODALITIES}
+    monkeypatch.setattr(backbones, "DEMO_TEXT_SIZES", {**backbones.DEMO_TEXT_SIZES, "initializer_range": 0.02})
+    assert backbones.demo_name("text") != before["text"][0]
+    assert backbones.backbone_id("demo", "text") != before["text"][1]
+    assert backbones.demo_name("image") == before["image"][0]  # only the changed one moves
+    with pytest.raises(CacheMismatchError) as err:
+        check_cache(cache_dir, read_items(data), cfg().backbone, pooling="cls")
+    assert any(d.startswith("text.id: cached 'demo:bert-demo-v") for d in err.value.differences)

@@ -1,5 +1,5 @@
 """Frozen backbones: loading through the Hugging Face Auto classes, the built-in demo ones, and the
-per-layer [CLS] states the cache stores (DESIGN.md §5, first bullet).
+pooled per-layer states the cache stores (DESIGN.md §5, first bullet).
 
 A backbone is named by a Hugging Face id (``bert-base-uncased``), a local directory written with
 ``save_pretrained``, ``demo`` (the built-in tiny one for that modality) or ``none`` (modality skipped).
@@ -8,15 +8,37 @@ weights, a WordPiece tokenizer over a fixed word list and a ViT image processor,
 ``save_pretrained`` and then loaded through the very same Auto code path as a real model, so the demo
 and the tests need no network.
 
-What the cache stores for an item is ``hidden_states[l][:, 0]`` for ``l = 0..M``: the first-token
-([CLS]) state of the embedding output (``l_0``) and of every encoder layer, as returned with
-``output_hidden_states=True``. For ViT this is before the final LayerNorm, as in IISAN's cache.
+What the cache stores for an item is one pooled vector of ``hidden_states[l]`` for ``l = 0..M``:
+the embedding output (``l_0``) and every encoder layer, as returned with ``output_hidden_states=True``
+(for ViT the residual stream, before the final LayerNorm, as in IISAN's cache). The pooling is the
+cache setting ``cache.pooling`` (:data:`POOLINGS`), one rule for both modalities:
+
+* ``cls``: the first token, ``hidden_states[l][:, 0]`` ([CLS] for BERT and ViT).
+* ``mean``: text — the mean over the non-padding tokens (attention mask; [CLS] and [SEP] included,
+  as in sentence-transformers' mean pooling); images — the mean over the patch tokens, the [CLS]
+  token (and any other prefix token) excluded, as timm's ``global_pool='avg'`` and MAE do.
+
+Why ``mean`` exists, and why images follow the same rule. ``l_0`` under ``cls`` is the same vector
+for every item by construction: BERT's is the [CLS] embedding at position 0, ViT's is
+``cls_token + position_embeddings[0]``; no input reaches it. In the next layers the [CLS] state is
+dominated by that constant: for pretrained BERT-family encoders it varies across items by well under
+1% of its norm until the last layer (MiniLM-L6 measured in docs/BENCHMARKS.md, "Cache pooling"), and
+a pretrained ViT's [CLS] is a learned query trained only through the last layer's output, so its
+early-layer states are likewise near-constant across images. Mean pooling over the content tokens
+(words, patches) varies at every layer including ``l_0`` (the word / patch embeddings the paper
+calls ``l_0``). The [CLS] token is left out of the image mean because at ``l_0`` it is an exact
+constant and in every layer it is one token out of (S/p)^2 summarising the others; the text mean
+keeps [CLS]/[SEP] because that is how sentence encoders are pooled and trained (MiniLM among them),
+and the attention mask is what separates content from padding there. Measured on the demo ViT, with
+and without [CLS], in docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
+import json
 import os
 import re
 import shutil
@@ -31,9 +53,24 @@ DEMO = "demo"
 NONE = "none"
 MODALITIES = ("text", "image")
 
-# Bump when the demo architecture or its initialisation changes: caches record it and refuse reuse.
-DEMO_VERSION = 1
-DEMO_NAMES = {"text": f"bert-demo-v{DEMO_VERSION}", "image": f"vit-demo-v{DEMO_VERSION}"}
+# Pooling of each layer's token states into the one vector the cache stores (module docstring).
+POOLINGS = ("cls", "mean")
+
+# Bump when the demo *code* changes (how weights are drawn or written). Changes to the sizes below
+# need no bump: the demo name carries a fingerprint of them (demo_name), so a changed demo config
+# gets a new directory and a new backbone id, and caches built from the old weights are refused.
+DEMO_VERSION = 2
+DEMO_SEED = 0
+# Initialisation std (HF default 0.02). With the default, seeded random weights leave the BERT's
+# [CLS] state of layers 1-4 constant across items to 0.02-0.03% of its norm (about one float16
+# step), and the ViT residual stream at norm 0.2. Text 0.5: [CLS] std across items 6-11% of the
+# norm (post-LayerNorm, so the norm stays sqrt(32)); image 0.1: norms 1-5, like the text's, and
+# 12-16% spread (0.5 would grow the ViT residual stream to norm 100). Measured over the demo's
+# synthetic items in docs/BENCHMARKS.md ("Demo backbones"). Still 4 layers x 32 wide (M = 4).
+DEMO_TEXT_SIZES = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+                       max_position_embeddings=128, initializer_range=0.5)
+DEMO_IMAGE_SIZES = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                        intermediate_size=64, initializer_range=0.1)
 
 # Placeholders used when an item's content is unusable; the manifest lists every such item.
 PLACEHOLDER_GREY = 128  # a mid-grey square: normalises to ~0 under ImageNet/ViT statistics
@@ -83,24 +120,39 @@ def demo_vocab() -> list[str]:
 
 
 def demo_text_config(**overrides: Any):
-    """A 4-layer, 32-wide BERT over the demo vocabulary; ``overrides`` change any BertConfig field."""
+    """A 4-layer, 32-wide BERT over the demo vocabulary (:data:`DEMO_TEXT_SIZES`); ``overrides``
+    change any BertConfig field."""
     from transformers import BertConfig
 
-    sizes = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
-                 max_position_embeddings=128)
-    return BertConfig(**{"vocab_size": len(demo_vocab()), **sizes, **overrides})
+    return BertConfig(**{"vocab_size": len(demo_vocab()), **DEMO_TEXT_SIZES, **overrides})
 
 
 def demo_image_config(**overrides: Any):
-    """A 4-layer, 32-wide ViT on 32×32 images with 8×8 patches; ``overrides`` change ViTConfig fields."""
+    """A 4-layer, 32-wide ViT on 32×32 images with 8×8 patches (:data:`DEMO_IMAGE_SIZES`);
+    ``overrides`` change ViTConfig fields."""
     from transformers import ViTConfig
 
-    sizes = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
-                 intermediate_size=64)
-    return ViTConfig(**{**sizes, **overrides})
+    return ViTConfig(**{**DEMO_IMAGE_SIZES, **overrides})
 
 
-def write_text_backbone(path: str | Path, config=None, seed: int = 0) -> Path:
+def demo_fingerprint(modality: str) -> str:
+    """Hash of everything that decides a demo backbone's weights and inputs: code version, seed,
+    sizes and (text) the vocabulary. Pure Python: no transformers import."""
+    recipe = {"version": DEMO_VERSION, "seed": DEMO_SEED,
+              "sizes": DEMO_TEXT_SIZES if modality == "text" else DEMO_IMAGE_SIZES}
+    if modality == "text":
+        recipe["vocab"] = demo_vocab()
+    return hashlib.sha1(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def demo_name(modality: str) -> str:
+    """Directory name of a demo backbone, e.g. ``bert-demo-v2-1a2b3c4d``; changes with its recipe."""
+    if modality not in MODALITIES:
+        raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
+    return f"{'bert' if modality == 'text' else 'vit'}-demo-v{DEMO_VERSION}-{demo_fingerprint(modality)}"
+
+
+def write_text_backbone(path: str | Path, config=None, seed: int = DEMO_SEED) -> Path:
     """Write a seeded random BERT-style model and the demo WordPiece tokenizer to ``path`` (once)."""
     config = config or demo_text_config()
 
@@ -114,7 +166,7 @@ def write_text_backbone(path: str | Path, config=None, seed: int = 0) -> Path:
     return _write_once(Path(path), write)
 
 
-def write_image_backbone(path: str | Path, config=None, seed: int = 0) -> Path:
+def write_image_backbone(path: str | Path, config=None, seed: int = DEMO_SEED) -> Path:
     """Write a seeded random ViT-style model and its image processor to ``path`` (once)."""
     config = config or demo_image_config()
 
@@ -176,7 +228,7 @@ def _write_once(path: Path, write) -> Path:
 
 def ensure_demo(modality: str, root: str | Path | None = None) -> Path:
     """The demo backbone directory for ``modality``, written on first use."""
-    path = Path(root or demo_root()) / DEMO_NAMES[modality]
+    path = Path(root or demo_root()) / demo_name(modality)
     if modality == "text":
         return write_text_backbone(path)
     return write_image_backbone(path)
@@ -202,11 +254,11 @@ def resolve_source(name: str, modality: str, root: str | Path | None = None) -> 
 def backbone_id(name: str, modality: str) -> str:
     """A machine-independent identity for a backbone name, compared between a cache and a request.
 
-    Demo backbones are identified by their version (their directory differs between machines);
-    local directories by absolute path; hub ids as given.
+    Demo backbones are identified by their versioned, fingerprinted name (their directory differs
+    between machines); local directories by absolute path; hub ids as given.
     """
     if name == DEMO:
-        return f"demo:{DEMO_NAMES[modality]}"
+        return f"demo:{demo_name(modality)}"
     path = Path(name).expanduser()
     return str(path.resolve()) if path.is_dir() else name
 
@@ -325,20 +377,55 @@ def decode_image(path: str | None, size: int) -> tuple[np.ndarray, str]:
 # Encoding.
 
 
-def layer_states(model: torch.nn.Module, **inputs: torch.Tensor) -> torch.Tensor:
-    """``[B, M+1, d]``: the first-token state of the embeddings and of every layer."""
+def check_pooling(pooling: str) -> str:
+    if pooling not in POOLINGS:
+        raise BackboneError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
+    return pooling
+
+
+def pool(hidden: torch.Tensor, pooling: str, mask: torch.Tensor | None = None, prefix: int = 1) -> torch.Tensor:
+    """``[B, d]`` from one layer's token states ``[B, T, d]`` (module docstring).
+
+    ``mask`` ``[B, T]`` (text): ``mean`` averages the tokens where it is 1. Without a mask (images)
+    ``mean`` averages tokens ``prefix:`` (the patches; ``prefix`` = [CLS] and other leading tokens).
+    Computed in float32 whatever the model's dtype.
+    """
+    if check_pooling(pooling) == "cls":
+        return hidden[:, 0]
+    hidden = hidden.float()
+    if mask is None:
+        return hidden[:, prefix:].mean(dim=1)
+    weights = mask.to(hidden.dtype).unsqueeze(-1)  # [B, T, 1]
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+def layer_states(model: torch.nn.Module, pooling: str = "cls", mask: torch.Tensor | None = None, prefix: int = 1,
+                 **inputs: torch.Tensor) -> torch.Tensor:
+    """``[B, M+1, d]``: the pooled state of the embeddings and of every layer (see :func:`pool`)."""
     with torch.inference_mode():
         hidden = model(**inputs, output_hidden_states=True).hidden_states  # M+1 × [B, T, d]
-    return torch.stack([h[:, 0] for h in hidden], dim=1)
+        return torch.stack([pool(h, pooling, mask, prefix) for h in hidden], dim=1)
 
 
 def encode_tokens(model: torch.nn.Module, input_ids: np.ndarray, attention_mask: np.ndarray,
-                  device: torch.device) -> np.ndarray:
+                  device: torch.device, pooling: str = "cls") -> np.ndarray:
     """float16 ``[B, M+1, d]`` for tokenised texts (padding beyond the longest row trimmed first)."""
     width = max(int(attention_mask.sum(axis=1).max()), 1)
     ids = torch.as_tensor(input_ids[:, :width], dtype=torch.long, device=device)
     mask = torch.as_tensor(attention_mask[:, :width], dtype=torch.long, device=device)
-    return layer_states(model, input_ids=ids, attention_mask=mask).to(torch.float16).cpu().numpy()
+    states = layer_states(model, pooling, mask=mask, input_ids=ids, attention_mask=mask)
+    return states.to(torch.float16).cpu().numpy()
+
+
+def prefix_tokens(model: torch.nn.Module, tokens: int, height: int, width: int) -> int:
+    """Leading non-patch tokens of an image model's sequence ([CLS], distillation, registers):
+    the sequence length minus the patch count; 1 when the config names no patch size."""
+    patch = getattr(model.config, "patch_size", None)
+    if isinstance(patch, (tuple, list)):
+        patch = patch[0]
+    if not isinstance(patch, int) or patch < 1:
+        return 1
+    return max(tokens - (height // patch) * (width // patch), 0)
 
 
 def image_forward_kwargs(model: torch.nn.Module, image_size: int) -> dict[str, Any]:
@@ -353,11 +440,14 @@ def image_forward_kwargs(model: torch.nn.Module, image_size: int) -> dict[str, A
 
 
 def encode_pixels(processor, model: torch.nn.Module, pixels: np.ndarray, device: torch.device,
-                  forward_kwargs: dict[str, Any] | None = None) -> np.ndarray:
+                  forward_kwargs: dict[str, Any] | None = None, pooling: str = "cls") -> np.ndarray:
     """float16 ``[B, M+1, d]`` for uint8 images ``[B, S, S, 3]`` already resized by the CPU stage;
     the processor only rescales and normalises."""
-    values = processor(images=list(pixels), return_tensors="pt", do_resize=False)["pixel_values"]
-    out = layer_states(model, pixel_values=values.to(device), **(forward_kwargs or {}))
+    values = processor(images=list(pixels), return_tensors="pt", do_resize=False)["pixel_values"].to(device)
+    with torch.inference_mode():
+        hidden = model(pixel_values=values, output_hidden_states=True, **(forward_kwargs or {})).hidden_states
+        prefix = prefix_tokens(model, hidden[0].shape[1], values.shape[-2], values.shape[-1])
+        out = torch.stack([pool(h, pooling, prefix=prefix) for h in hidden], dim=1)
     return out.to(torch.float16).cpu().numpy()
 
 

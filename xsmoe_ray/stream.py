@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "train and test window by window on Ray Train. With no arguments: the embedded demo.",
         epilog="Overrides: key=value with keys " + ", ".join(valid_keys()),
     )
-    p.add_argument("--config", default="demo", help="preset name (demo, hm, amazon_home, amazon_elec) or YAML file")
+    p.add_argument("--config", default="demo", help="preset name (demo, hm, amazon_home, amazon_elec, ml1m, ...) or YAML file")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     return p
 
@@ -48,7 +48,7 @@ def cache_dir_of(cfg: ExperimentConfig, out: Path) -> Path:
 
 def data_stages(cfg: ExperimentConfig, out: Path) -> tuple[Path, Path]:
     """Prepare and cache (each reused when current); returns their directories."""
-    from xsmoe_ray.cache_build import build_cache
+    from xsmoe_ray.cache import build_cache
 
     prepared = out / "prepared"
     prepare_data(cfg, prepared)

@@ -11,13 +11,14 @@ Only items whose content hash is new or changed (per modality) go through one Ra
 Unchanged items are copied from the previous cache. Departure from DESIGN.md §6: encoder outputs
 stream straight into the memmapped ``.npy`` instead of passing through parquet shards first; the
 driver must consolidate into one file anyway, and skipping the shards saves a full write and read.
-Atomicity is unchanged (see :mod:`xsmoe_ray.cache` for the layout and the commit protocol).
+Atomicity is unchanged (see :mod:`xsmoe_ray.cache.layout` for the layout and the commit protocol).
+Each layer's token states are pooled as ``cache.pooling`` says (``cls`` | ``mean``, see
+:mod:`xsmoe_ray.backbones`); the pooling is part of every modality's spec in the manifest.
 """
 
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 import shutil
@@ -33,9 +34,11 @@ import numpy as np
 import pyarrow as pa
 
 from xsmoe_ray import backbones
-from xsmoe_ray.cache import (FORMAT_VERSION, MANIFEST, CacheError, CacheMismatchError, content_hashes, full_spec,
-                             is_up_to_date, open_cache, read_prepared, requested_modalities, reuse_rows,
-                             spec_differences, truncated_texts)
+from xsmoe_ray.cache.layout import (MANIFEST, MANIFEST_TMP_PREFIX, CacheError, CacheMismatchError, content_hashes,
+                                    fsync, full_spec, is_up_to_date, make_manifest, read_prepared,
+                                    requested_modalities, reuse_rows, spec_differences, truncated_texts,
+                                    write_manifest)
+from xsmoe_ray.cache.load import open_cache
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +96,11 @@ class LayerEncoder:
     Both modalities share one actor so that a build pays actor start-up once, not per modality.
     """
 
-    def __init__(self, backbones_by_modality: dict[str, str], root: str, image_size: int = 0, threads: int = 0):
+    def __init__(self, backbones_by_modality: dict[str, str], root: str, image_size: int = 0, threads: int = 0,
+                 poolings: dict[str, str] | None = None):
         import torch
 
+        self.poolings = {m: backbones.check_pooling((poolings or {}).get(m, "cls")) for m in backbones_by_modality}
         self.device = backbones.pick_device()
         # Ray sets OMP_NUM_THREADS to the actor's CPU reservation (1); a CPU encoder needs the cores.
         if self.device.type == "cpu" and threads:
@@ -116,9 +121,10 @@ class LayerEncoder:
 
     def encode(self, modality: str, batch: dict[str, np.ndarray]) -> np.ndarray:
         if modality == "text":
-            return backbones.encode_tokens(self.models["text"], batch["input_ids"], batch["attention_mask"], self.device)
+            return backbones.encode_tokens(self.models["text"], batch["input_ids"], batch["attention_mask"], self.device,
+                                           self.poolings["text"])
         return backbones.encode_pixels(self.processor, self.models["image"], batch["pixels"], self.device,
-                                       self.forward_kwargs)
+                                       self.forward_kwargs, self.poolings["image"])
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = {"item": batch["item"]}
@@ -164,7 +170,8 @@ def cpu_stage_kwargs(specs: dict[str, dict[str, Any]], root: str) -> dict[str, A
 def encoder_kwargs(specs: dict[str, dict[str, Any]], root: str, threads: int) -> dict[str, Any]:
     """``LayerEncoder`` constructor arguments for the modalities in ``specs``."""
     return {"backbones_by_modality": {m: s["backbone"] for m, s in specs.items()}, "root": root,
-            "image_size": specs["image"]["image_size"] if "image" in specs else 0, "threads": threads}
+            "image_size": specs["image"]["image_size"] if "image" in specs else 0, "threads": threads,
+            "poolings": {m: s["pooling"] for m, s in specs.items()}}
 
 
 def encoding_table(items: pa.Table, need: dict[str, np.ndarray], max_words: int) -> pa.Table:
@@ -227,8 +234,8 @@ def build_cache(data_dir: str | Path, cache_dir: str | Path, cfg, rebuild: bool 
                 threads: int = 0) -> BuildReport:
     """Build or update ``cache_dir`` for the prepared dataset in ``data_dir``; see the module doc.
 
-    Raises :class:`CacheMismatchError` when an existing cache used other backbones or settings,
-    unless ``rebuild``. ``threads`` = torch threads per CPU encoder actor (0 = automatic).
+    Raises :class:`CacheMismatchError` when an existing cache used other backbones or settings
+    (pooling included), unless ``rebuild``. ``threads`` = torch threads per CPU encoder actor (0 = automatic).
     """
     start = time.perf_counter()
     items, summary = read_prepared(data_dir)
@@ -245,7 +252,7 @@ def build_cache(data_dir: str | Path, cache_dir: str | Path, cfg, rebuild: bool 
             differences = spec_differences(old.manifest["modalities"], specs)
             if differences:
                 raise CacheMismatchError(cache_dir, differences,
-                                         "re-encode with the new backbones explicitly: --rebuild (rebuild=True)")
+                                         "re-encode with the new backbones/settings explicitly: --rebuild (rebuild=True)")
         item_ids = items.column("item_id").to_pylist()
         hashes = {m: content_hashes(items, m, cfg.data.max_words) for m in modalities}
         reuse = {m: reuse_rows(item_ids, hashes[m], old.manifest if old else None, m) for m in modalities}
@@ -289,34 +296,14 @@ def _write_build(cache_dir: Path, items: pa.Table, specs: dict[str, dict], hashe
             failures[m].update(errors)
     for m in specs:
         outs[m].flush()
-        _fsync(paths[m])
+        fsync(paths[m])
     del outs
-    manifest = _manifest(build, item_ids, specs, hashes, need, failures)
+    manifest = make_manifest(build, item_ids, specs, hashes, need, failures)
     _maybe_kill("commit")
     _commit(cache_dir, manifest)
     counts = {m: e["counts"] for m, e in manifest["modalities"].items()}
     return BuildReport(cache_dir, manifest, {m: c["encoded"] for m, c in counts.items()},
                        {m: c["reused"] for m, c in counts.items()}, {m: c["failed"] for m, c in counts.items()})
-
-
-def _manifest(build: str, item_ids: list[str], specs: dict[str, dict], hashes: dict[str, list[str]],
-              need: dict[str, np.ndarray], failures: dict[str, dict[str, str]]) -> dict[str, Any]:
-    n = len(item_ids)
-    entries = {}
-    for m, spec in specs.items():
-        encoded = int(need[m].sum())
-        entries[m] = {**spec, "file": f"{build}/{m}.npy", "shape": [n + 1, spec["layers"] + 1, spec["dim"]],
-                      "dtype": "float16", "hashes": dict(zip(item_ids, hashes[m])),
-                      "failures": dict(sorted(failures[m].items())),
-                      "counts": {"encoded": encoded, "reused": n - encoded, "failed": len(failures[m])}}
-    return {
-        "format_version": FORMAT_VERSION,
-        "build_id": build,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "n_items": n,
-        "rows": {item_id: k for k, item_id in enumerate(item_ids, start=1)},
-        "modalities": entries,
-    }
 
 
 def _copy_reused(out: np.ndarray, reuse: np.ndarray, old, modality: str, item_ids: list[str]) -> dict[str, str]:
@@ -364,24 +351,11 @@ def _encode_needed(outs: dict[str, np.ndarray], items: pa.Table, need: dict[str,
 
 def _commit(cache_dir: Path, manifest: dict[str, Any]) -> None:
     """Replace the manifest atomically (the commit point), then drop builds it no longer names."""
-    tmp = cache_dir / f".{MANIFEST}.tmp-{uuid.uuid4().hex[:6]}"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    _fsync(tmp)
-    os.replace(tmp, cache_dir / MANIFEST)
-    _fsync(cache_dir)
+    write_manifest(cache_dir, manifest)
     for path in cache_dir.iterdir():
         stale_build = path.name.startswith("build-") and path.name != manifest["build_id"]
-        if stale_build or path.name.startswith(f".{MANIFEST}.tmp-"):
+        if stale_build or path.name.startswith(MANIFEST_TMP_PREFIX):
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-
-
-def _fsync(path: Path) -> None:
-    """Flush to disk before the manifest names it: a power cut must not commit unwritten data."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @contextmanager
