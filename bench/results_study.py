@@ -53,8 +53,13 @@ def run_dir(root: Path, variant: str, seed: int) -> Path:
 
 
 def stream_command(config: str, root: Path, variant: str, seed: int, overrides: list[str]) -> list[str]:
+    """One run; synthetic data is written once under ``<root>/data``, a real dataset stays where
+    the preset or a ``--set data.path=...`` puts it."""
+    from xsmoe_ray.config import load_config
+
+    data = [f"data.path={root / 'data'}"] if load_config(config, overrides).data.format == "synthetic" else []
     return [sys.executable, "-m", "xsmoe_ray.stream", "--config", config, f"model.variant={variant}",
-            f"run.seed={seed}", f"data.path={root / 'data'}", f"cache.dir={root / 'cache'}",
+            f"run.seed={seed}", *data, f"cache.dir={root / 'cache'}",
             f"run.out={run_dir(root, variant, seed)}", *overrides]
 
 

@@ -112,20 +112,28 @@ class SideLayer(nn.Module):
         norms = torch.cat([l.float().norm(dim=-1, keepdim=True), z.norm(dim=-1)], 1) * alpha.float()  # [n, N+1]
         ratios = norms[:, 1:] / norms.sum(-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
         if self._util_sum.device != ratios.device:
-            self._util_sum, self._util_count = self._util_sum.to(ratios.device), self._util_count.to(ratios.device)
+            self._util_sum, self._util_count, self._alpha_sum = (
+                t.to(ratios.device) for t in (self._util_sum, self._util_count, self._alpha_sum))
         self._util_sum += ratios.sum(0).double()
         self._util_count += ratios.shape[0]
+        self._alpha_sum += alpha.float().sum(0).double()
 
     # ---- utilization ---------------------------------------------------------------------------
     def reset_utilization(self) -> None:
         device = self.router.proj.weight.device
         self._util_sum = torch.zeros(self.n_experts, dtype=torch.float64, device=device)  # [N]
         self._util_count = torch.zeros(1, dtype=torch.float64, device=device)
+        self._alpha_sum = torch.zeros(self.n_experts + 1, dtype=torch.float64, device=device)  # [N+1]
 
     def utilization_sums(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(sum of r_j over samples [N], sample count [1])``, float64, on the layer's device."""
         device = self.router.proj.weight.device
         return self._util_sum.to(device), self._util_count.to(device)
+
+    def router_sums(self) -> torch.Tensor:
+        """Sum of the router weights ``alpha_0..alpha_N`` over the tracked samples ``[N+1]`` (for reports;
+        divide by the count of :meth:`utilization_sums`)."""
+        return self._alpha_sum.to(self.router.proj.weight.device)
 
     # ---- structure -----------------------------------------------------------------------------
     def trainable_parameters(self):

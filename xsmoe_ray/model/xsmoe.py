@@ -267,6 +267,12 @@ class XSMoE(nn.Module):
                 out[f"{m}.{i}.sum"], out[f"{m}.{i}.count"] = (t.clone() for t in layer.utilization_sums())
         return out
 
+    def router_weights(self) -> dict[str, list[list[float]]]:
+        """Mean router weights ``[alpha_0 (backbone), alpha_1..N (experts)]`` per modality and layer over the
+        last tracked pass (this rank's samples; a report, not a decision)."""
+        return {m: [(layer.router_sums() / layer.utilization_sums()[1].clamp_min(1)).tolist() for layer in side.layers]
+                for m, side in self.sides.items()}
+
     def utilization(self, sums: dict[str, torch.Tensor] | None = None) -> dict[str, list[list[float]]]:
         """Mean utilization r_j (Eq. 5) per modality, layer and expert."""
         sums = self.utilization_sums() if sums is None else sums

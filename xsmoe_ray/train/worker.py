@@ -130,7 +130,9 @@ def run_one_window(cfg: ExperimentConfig, raw: XSMoE, stream, n_items: int, w: i
     test = evaluate_cases(model, data.test, device, cfg.data.mask_history) if w >= 1 else None
     popular = (evaluate_popularity(torch.from_numpy(chunk_counts(stream, w, n_items)), data.test, device,
                                    cfg.data.mask_history) if test else None)
-    removed = raw.prune(cfg.model.tau, reduced_utilization(raw))
+    sums = reduced_utilization(raw)
+    utilization, router = raw.utilization(sums), raw.router_weights()  # before pruning: what it was decided on
+    removed = raw.prune(cfg.model.tau, sums)
     if replay is not None:
         replay.add(torch.from_numpy(data.train_rows))
     digest = parameter_hash(raw)
@@ -143,6 +145,7 @@ def run_one_window(cfg: ExperimentConfig, raw: XSMoE, stream, n_items: int, w: i
         "val_ndcg10": result.best_val_ndcg, "epochs": result.epochs, "seconds": result.seconds,
         "experts": experts_per_layer(raw), "pruned": {m: {str(k): v for k, v in d.items()} for m, d in removed.items()},
         "mp_mb": params["total_mb"], "trp_mb": params["trainable_mb"],
+        "utilization": utilization, "router": router,
         "param_hash": digest,
         "peak_mem_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
     }
