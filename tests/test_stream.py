@@ -69,6 +69,40 @@ def test_two_gloo_workers_agree_with_one(uninterrupted):
         assert abs(one - two) <= 0.1, (key, one, two)
 
 
+def _final_norms(cfg) -> dict:
+    from pathlib import Path
+
+    from xsmoe_ray.train.checkpoint import load_state
+
+    last = sorted((Path(cfg.run.out) / "ray" / cfg.run.name).glob("window_*"))[-1]
+    model = load_state(last).model
+    return {f"{m}.{k}": getattr(n, k) for m, n in model.norms.items() for k in ("mean", "scale", "fitted")}
+
+
+def test_standardisation_is_fitted_on_d0_and_kept_through_resume_and_ranks(uninterrupted):
+    """Fixed at warm-up from D_0's items, saved in every checkpoint, identical after a crash + resume
+    and with two ranks (each rank fits it; the per-window hash comparison covers the buffers)."""
+    import torch
+
+    from xsmoe_ray.cache import load_grouped
+    from xsmoe_ray.prepared import load_prepared
+    from xsmoe_ray.train.worker import warm_up_items
+
+    cfg, _, tmp = uninterrupted
+    assert cfg.model.feature_norm == "layer"
+    plain = _final_norms(cfg)
+    assert plain and all(float(v) == 1.0 for k, v in plain.items() if k.endswith("fitted"))
+    prepared = load_prepared(tmp / "plain" / "prepared")
+    features = load_grouped(cfg.cache.dir, cfg.model.layers_per_group, None, torch.device("cpu"))
+    d0 = warm_up_items(prepared.stream)
+    for m, t in features.items():
+        assert torch.allclose(plain[f"{m}.mean"], t[d0].double().mean(0).float(), atol=1e-5)
+    for other in ("crashed", "two_workers"):
+        if (tmp / other / "ray").exists():  # written by the tests above
+            got = _final_norms(tiny(tmp, other))
+            assert all(torch.equal(got[k], plain[k]) for k in plain), other
+
+
 def test_a_grouping_the_backbones_cannot_take_stops_before_training(uninterrupted, capsys):
     from xsmoe_ray.stream import main
 
