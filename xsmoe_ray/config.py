@@ -99,7 +99,7 @@ class CacheConfig:
     dir: str = field(default="", metadata={"help": "cache directory (default: <run.out>/cache)"})
     batch_size: int = field(default=64, metadata={"help": "items per encoder batch"})
     workers: int = field(default=1, metadata={"help": "encoder actors (one GPU each when present)"})
-    pooling: str = field(default="cls", metadata={"help": "per-layer pooling stored in the cache: cls (first "
+    pooling: str = field(default="mean", metadata={"help": "per-layer pooling stored in the cache: cls (first "
                                                           "token) | mean (non-padding tokens / image patches)"})
 
     def __post_init__(self) -> None:

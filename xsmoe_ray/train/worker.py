@@ -158,7 +158,9 @@ def run_one_window(cfg: ExperimentConfig, raw: XSMoE, stream, n_items: int, w: i
 
 
 def _report(report: ReportFn, row: dict, state: WindowState, config: dict, rank: int) -> None:
-    metrics = {k: v for k, v in row.items() if v is not None}
+    # Per-expert utilization and router weights stay in the checkpoint's history (history.json), out of
+    # the metrics Ray logs and Tune tabulates.
+    metrics = {k: v for k, v in row.items() if v is not None and k not in ("utilization", "router")}
     metrics["mean_test_ndcg10"] = _mean([r["ndcg10"] for r in state.history if r.get("ndcg10") is not None])
     metrics["mean_test_hr10"] = _mean([r["hr10"] for r in state.history if r.get("hr10") is not None])
     if rank != 0:
