@@ -82,3 +82,20 @@ def test_popularity_reference_ranks_by_previous_chunk_counts():
     assert sums.count == len(data.test)
     assert np.isclose(sums.hits, (ranks < 10).sum())
     assert np.isclose(sums.ndcg, (1 / np.log2(ranks[ranks < 10] + 2)).sum())
+
+
+def test_validation_honours_mask_history(monkeypatch):
+    import xsmoe_ray.train.window as window
+
+    s, m = setup()
+    seen = []
+    real = window.evaluate_cases
+
+    def spy(model, cases, device, mask_history=False, batch_size=1024):
+        seen.append(mask_history)
+        return real(model, cases, device, mask_history, batch_size)
+
+    monkeypatch.setattr(window, "evaluate_cases", spy)
+    cfg = TrainConfig(batch_size=64, max_epochs=1, patience=1, precision="full")
+    train_window(m, window_data(s, 1, N_ITEMS), cfg, torch.device("cpu"), seed=0, mask_history=True, log=lambda *_: None)
+    assert seen == [True]

@@ -151,7 +151,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _require(self.batch_size >= 2, "train.batch_size must be >= 2")
         _require(self.precision in ("auto", "half", "full"), "train.precision must be 'auto', 'half' or 'full'")
-        _require(self.num_workers >= 0, "train.num_workers must be >= 0")
+        # 0 would be Ray Train's local mode: no torch.distributed and no persisted checkpoints (no resume).
+        _require(self.num_workers >= 1, "train.num_workers must be >= 1")
 
 
 @dataclass(frozen=True)

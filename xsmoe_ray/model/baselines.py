@@ -69,8 +69,9 @@ class ReservoirBuffer:
         return torch.cat([batch, replay.to(batch.device)])
 
     def state_dict(self) -> dict:
+        """Plain types and a tensor only, so checkpoints load with ``torch.load(weights_only=True)``."""
         return {"capacity": self.capacity, "seed": self.seed, "size": self.size, "seen": self.seen,
-                "data": None if self.data is None else self.data[:self.size].copy(),
+                "data": None if self.data is None else torch.from_numpy(self.data[:self.size].copy()),
                 "rng": self.rng.bit_generator.state}
 
     def load_state_dict(self, state: dict) -> None:
@@ -78,7 +79,8 @@ class ReservoirBuffer:
         self.size, self.seen = state["size"], state["seen"]
         self.data = None
         if state["data"] is not None:
-            self.data = np.zeros((self.capacity, state["data"].shape[1]), dtype=np.int64)
-            self.data[:self.size] = state["data"]
+            data = np.asarray(state["data"])  # a tensor (or an array from an older checkpoint)
+            self.data = np.zeros((self.capacity, data.shape[1]), dtype=np.int64)
+            self.data[:self.size] = data
         self.rng = np.random.default_rng()
         self.rng.bit_generator.state = state["rng"]

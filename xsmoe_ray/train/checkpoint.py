@@ -40,7 +40,8 @@ def save_state(directory: str | Path, state: WindowState, config: dict) -> Path:
 
 
 def load_state(directory: str | Path) -> WindowState:
-    blob = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
+    # weights_only: a checkpoint read from shared storage (S3, NFS) must not be able to run code on load.
+    blob = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
     model = XSMoE.from_structure(blob["structure"])
     model.load_state_dict(blob["model"])
     return WindowState(window=int(blob["window"]), model=model, history=list(blob["history"]),
