@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     record("old rows", run(cfg, stream, n_items, features, dataclasses.replace(data, train_rows=old_rows(stream, args.window)), args.seed))
     raw = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, feature_norm="none"))
     record("no standardisation", run(raw, stream, n_items, features, data, args.seed))
-    print(" ".join(f"{k.replace(' ', '_')}={v:.2f}" for k, v in results.items()))
+    print(" ".join(f"{k.replace(', ', '_').replace(' ', '_')}={v:.2f}" for k, v in results.items()))
     return 0
 
 

@@ -54,7 +54,7 @@ def test_override_order_and_resources(tmp_path):
     path = write_sweep(tmp_path, overrides=["model.d_prime=8", "train.lr=0.01"],
                        datasets={"a": {"config": "demo", "overrides": {"model.d_prime": 12, "synth.seed": 3}},
                                  "b": {"config": "demo"}},
-                       resources={"cpu": 2, "gpu": 1, "workers": 4})
+                       resources={"cpu": 2, "gpu": 1, "workers": 4}, max_concurrent_trials=2)
     spec = load_sweep(path, ["train.lr=0.02", f"run.out={tmp_path / 'out'}"])
     a, b = spec.dataset("a").cfg, spec.dataset("b").cfg
     assert (a.model.d_prime, b.model.d_prime) == (12, 8)  # dataset overrides beat the sweep's
@@ -80,6 +80,7 @@ BAD = [
     ({"overrides": ["train.num_workers=2"]}, "train.num_workers is set by the sweep's 'resources'"),
     ({"overrides": ["model.tua=1"]}, "unknown config key(s) ['model.tua']"),
     ({"resources": {"workers": 0}}, "resources.workers"),
+    ({"resources": {"cpu": 1, "workers": 2}}, "resources.workers=2 runs Ray Train inside each trial; set max_concurrent_trials"),
     ({"resources": {"cpu": 0}}, "resources: a worker needs cpu > 0 or gpu > 0"),
     ({"scheduler": {"type": "hyperband"}}, "scheduler.type"),
     ({"scheduler": {"type": "asha", "grace_period": 0}}, "scheduler.grace_period"),
@@ -255,7 +256,7 @@ def shared_cache_dir(out: Path) -> str:
 def test_train_inside_a_trial(tmp_path, shared_data, ray_session):
     """resources.workers = 2: each trial drives a 2-worker TorchTrainer and Tune gets its reports."""
     path = write_sweep(tmp_path, "ddp", overrides=shared_data, search={"model.tau": 0.0},
-                       resources={"cpu": 0.5, "workers": 2})
+                       resources={"cpu": 0.5, "workers": 2}, max_concurrent_trials=1)
     out = tmp_path / "out"
     (rec,) = run_sweep(load_sweep(path, [f"run.out={out}"]))
     assert rec.status == "complete" and [w["window"] for w in rec.windows] == [0, 1, 2]

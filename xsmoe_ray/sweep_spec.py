@@ -141,6 +141,12 @@ def load_sweep(path: str | Path, cli_overrides: list[str] | None = None) -> Swee
     # The resource keys of every trial's config follow `resources`, so a best config replays as run.
     fixed = [f"train.num_workers={resources.workers}", f"train.use_gpu={str(resources.gpu > 0).lower()}"]
     datasets = _datasets(raw.get("datasets"), path, shared, cli + fixed, out)
+    max_concurrent = _int(raw.get("max_concurrent_trials", 0), f"{where}: max_concurrent_trials", low=0)
+    if resources.workers > 1 and max_concurrent == 0:
+        # A Train-inside-trial driver holds a fraction of a CPU; its workers' GPUs are asked for only when
+        # its trainer starts, so Tune alone would start every trial at once and oversubscribe the GPUs.
+        raise SweepError(f"{where}: resources.workers={resources.workers} runs Ray Train inside each trial; set "
+                         f"max_concurrent_trials (e.g. the cluster's GPUs / {resources.workers})")
     return SweepSpec(
         name=name, source=path.resolve(), out=out, num_cpus=datasets[0].cfg.run.num_cpus, datasets=datasets,
         search=_search(raw.get("search"), where, datasets),
@@ -148,7 +154,7 @@ def load_sweep(path: str | Path, cli_overrides: list[str] | None = None) -> Swee
         metric=_metric(raw.get("metric", METRICS[0]), where),
         scheduler=_scheduler(raw.get("scheduler"), where),
         resources=resources,
-        max_concurrent_trials=_int(raw.get("max_concurrent_trials", 0), f"{where}: max_concurrent_trials", low=0),
+        max_concurrent_trials=max_concurrent,
     )
 
 
