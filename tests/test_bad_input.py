@@ -140,6 +140,24 @@ def test_generic_bad_timestamp(tmp_path, fmt):
         load(fmt, tmp_path)
 
 
+@pytest.mark.parametrize("fmt, value", [("generic", "1e30"), ("generic", "-1e30"), ("generic-parquet-float", "1e30"),
+                                        ("generic-parquet-float", "inf")])
+def test_generic_timestamp_outside_int64_is_an_error_not_a_wrap(tmp_path, fmt, value):
+    """A float beyond int64 seconds once became -2^63 and sorted first, silently."""
+    rows = [*GENERIC_INTERACTIONS[:2], {"user_id": "u1", "item_id": "sku-1", "timestamp": value}]
+    if fmt == "generic":
+        write_generic(tmp_path, [{**r, "timestamp": str(r["timestamp"])} for r in rows], fmt="csv")
+        line = 4
+    else:
+        write_generic(tmp_path, fmt="parquet")
+        pq.write_table(pa.table({"user_id": [r["user_id"] for r in rows], "item_id": [r["item_id"] for r in rows],
+                                 "timestamp": pa.array([float(r["timestamp"]) for r in rows], pa.float64())}),
+                       tmp_path / "interactions.parquet")
+        line = 3
+    with pytest.raises(DataError, match=rf"line {line}, field 'timestamp': timestamp .* outside the int64 seconds range"):
+        load("generic" if fmt == "generic" else "generic-parquet", tmp_path)
+
+
 def test_generic_unsupported_timestamp_type(tmp_path):
     write_generic(tmp_path, fmt="parquet")
     pq.write_table(pa.table({"user_id": ["u"], "item_id": ["sku-1"], "timestamp": [True]}),

@@ -428,6 +428,19 @@ def _day_seconds(day: str, key: str) -> int | None:
         raise DataError(key, f"cannot parse {day!r} as YYYY-MM-DD") from None
 
 
+INT64_SECONDS = (-(2.0 ** 63), 2.0 ** 63)  # floats outside [lo, hi) would wrap to -2^63 when cast
+
+
+def floored_seconds(seconds: np.ndarray, rows: np.ndarray, path: Path, line_of: Callable[[int], int]) -> np.ndarray:
+    """Float seconds → int64, floored; an infinite or out-of-int64 value is an error naming its line."""
+    bad = ~np.isfinite(seconds) | (seconds < INT64_SECONDS[0]) | (seconds >= INT64_SECONDS[1])
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        raise DataError(str(path), f"timestamp {seconds[k]!r} is outside the int64 seconds range",
+                        row=line_of(int(rows[k])), field="timestamp")
+    return np.floor(seconds).astype(np.int64)
+
+
 def timestamp_seconds(values: pa.ChunkedArray, path: Path,
                       line_of: Callable[[int], int]) -> tuple[np.ndarray, np.ndarray]:
     """(seconds per row, True where the value is empty) for any supported timestamp column."""
@@ -439,7 +452,7 @@ def timestamp_seconds(values: pa.ChunkedArray, path: Path,
         empty = pc.is_nan(values).fill_null(True).to_numpy(zero_copy_only=False)  # null or NaN
         seconds = values.cast(pa.float64()).fill_null(0).to_numpy(zero_copy_only=False).copy()
         seconds[empty] = 0
-        return np.floor(seconds).astype(np.int64), empty
+        return floored_seconds(seconds, np.arange(len(seconds)), path, line_of), empty
     if pa.types.is_date(kind):
         values = values.cast(pa.timestamp("s"))
         kind = values.type
@@ -483,7 +496,7 @@ def _parse_time_strings(values: pa.Array, path: Path, line_of: Callable[[int], i
         if pa.types.is_timestamp(target):
             seconds[rows] = converted.cast(pa.int64()).to_numpy() // 1_000_000
         else:
-            seconds[rows] = np.floor(converted.cast(pa.float64()).to_numpy()).astype(np.int64)
+            seconds[rows] = floored_seconds(converted.cast(pa.float64()).to_numpy(), rows, path, line_of)
     return seconds, empty
 
 
