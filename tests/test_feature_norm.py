@@ -76,3 +76,12 @@ def test_statistics_travel_in_the_checkpoint(tmp_path):
         assert torch.equal(getattr(back.norms["text"], k), getattr(m.norms["text"], k))
     back.set_item_features(features())
     assert torch.allclose(back.item_embeddings(torch.arange(1, 6)), m.item_embeddings(torch.arange(1, 6)))
+
+
+def test_loading_an_unfitted_state_is_noticed():
+    fitted, fresh = model(), model()
+    fitted.fit_feature_norm(torch.arange(1, 16))
+    fitted.item_embeddings(torch.arange(1, 3))
+    fitted.load_state_dict(fresh.state_dict())  # statistics of a model that was never fitted
+    with pytest.raises(RuntimeError, match="never fitted"):
+        fitted.item_embeddings(torch.arange(1, 3))

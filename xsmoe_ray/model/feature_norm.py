@@ -25,6 +25,11 @@ class LayerStandardizer(nn.Module):
         self.register_buffer("mean", torch.zeros(n_layers, d))
         self.register_buffer("scale", torch.ones(n_layers, 1))
         self.register_buffer("fitted", torch.zeros(()))  # 1.0 once fitted (float: DDP broadcasts buffers)
+        self._ready = False  # host-side copy of ``fitted``: checked once, not synced on every forward
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._ready = False  # re-read ``fitted`` from the loaded buffers on the next forward
 
     @torch.no_grad()
     def fit(self, states: torch.Tensor) -> None:
@@ -35,8 +40,11 @@ class LayerStandardizer(nn.Module):
         self.mean.copy_(x.mean(0))
         self.scale.copy_(x.std(0, unbiased=False).mean(-1, keepdim=True).clamp_min(EPS))
         self.fitted.fill_(1.0)
+        self._ready = True
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
-        if not self.fitted.item():
-            raise RuntimeError("feature standardisation was never fitted: call model.fit_feature_norm first")
+        if not self._ready:
+            self._ready = bool(self.fitted.item())
+            if not self._ready:
+                raise RuntimeError("feature standardisation was never fitted: call model.fit_feature_norm first")
         return (states - self.mean) / self.scale  # [n, G+1, d]
