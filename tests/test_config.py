@@ -74,3 +74,15 @@ def test_override_without_equals():
 def test_valid_keys_cover_sections():
     keys = valid_keys()
     assert "data.k_core" in keys and "train.num_workers" in keys and "backbone.text" in keys
+
+
+def test_result_differences_ignore_result_neutral_keys():
+    from xsmoe_ray.config import result_differences, to_dict
+
+    old = to_dict(load_config("demo"))
+    same = load_config("demo", ["run.out=/elsewhere", "train.num_workers=2", "train.max_failures=5", "cache.dir=/c"])
+    assert result_differences(old, same) == []
+    changed = load_config("demo", ["model.tau=0.1", "run.seed=1"])
+    assert result_differences(old, changed) == ["model.tau: 0.0 -> 0.1", "run.seed: 0 -> 1"]
+    del old["model"]["feature_norm"]  # a config saved before the key existed counts as the default
+    assert result_differences(old, load_config("demo")) == []

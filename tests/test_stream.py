@@ -114,6 +114,24 @@ def test_a_grouping_the_backbones_cannot_take_stops_before_training(uninterrupte
     assert not (tmp / "bad_grouping" / "ray").exists()  # no trainer was started
 
 
+def test_a_relaunch_with_result_changing_settings_is_refused(uninterrupted, capsys):
+    """Issue 11: resuming a finished run as another variant on other data once exited 0 and retitled
+    the old results; now it names what differs, and nothing is trained or overwritten."""
+    from pathlib import Path
+
+    from xsmoe_ray.stream import main
+
+    cfg, _, tmp = uninterrupted
+    out = Path(cfg.run.out)
+    before = (out / "history.json").read_text()
+    overrides = [*TINY, f"run.out={out}", f"data.path={tmp.parent / 'shared_data' / 'synthetic'}",
+                 f"cache.dir={tmp.parent / 'shared_data' / 'cache'}"]
+    assert main([*overrides, "model.variant=static", "data.k_core=3"]) == 2
+    err = capsys.readouterr().err
+    assert "model.variant: 'xsmoe' -> 'static'" in err and "data.k_core: 2 -> 3" in err
+    assert (out / "history.json").read_text() == before and "variant: xsmoe" in (out / "config.yaml").read_text()
+
+
 def test_an_unloadable_backbone_is_a_one_line_error(tmp_path, ray_session, capsys):
     from xsmoe_ray.stream import main
 

@@ -321,6 +321,34 @@ def dump_yaml(cfg: ExperimentConfig) -> str:
 
 
 
+# Keys a relaunch may change without changing what the windows compute: where things live, how many
+# processes share the work, how failures are retried.
+RESULT_NEUTRAL = ("run.out", "run.num_cpus", "run.local_dir", "data.path", "cache.dir", "cache.workers",
+                  "cache.batch_size", "train.num_workers", "train.max_failures")
+
+
+def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def result_differences(old: dict[str, Any], new: ExperimentConfig) -> list[str]:
+    """``key: old -> new`` for every setting that differs and would change results (see RESULT_NEUTRAL).
+
+    ``old`` is a saved :func:`to_dict`; a key it lacks (a config from an older version) counts as its
+    current default.
+    """
+    defaults, now = _flat(to_dict(ExperimentConfig())), _flat(to_dict(new))
+    before = {**defaults, **_flat(old)}
+    return [f"{k}: {before.get(k)!r} -> {v!r}" for k, v in now.items()
+            if k not in RESULT_NEUTRAL and before.get(k) != v]
+
+
 def from_dict(values: dict[str, Any]) -> ExperimentConfig:
     """Rebuild a config from :func:`to_dict` output (e.g. inside a Ray worker), validated again."""
     return _build(ExperimentConfig, values, "")

@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 
 from xsmoe_ray.cli import run_guarded
-from xsmoe_ray.config import ExperimentConfig, dump_yaml, load_config, to_dict, valid_keys
+from xsmoe_ray.config import (ConfigError, ExperimentConfig, dump_yaml, load_config, result_differences, to_dict,
+                              valid_keys)
 from xsmoe_ray.prepare import prepare_data
 from xsmoe_ray.rundir import run_dir
 
@@ -111,6 +112,24 @@ def history_of(result) -> list[dict]:
         return load_state(d).history
 
 
+def check_resume(cfg: ExperimentConfig, out: Path, storage: str) -> None:
+    """Refuse a relaunch whose settings would change the results of the windows it resumes from.
+
+    The previous launch's ``config.yaml`` is compared when window checkpoints exist (always for a URI
+    ``run.out``, whose checkpoints are not listed here); result-neutral keys may change.
+    """
+    import yaml
+
+    saved = out / "config.yaml"
+    local = Path(storage) / cfg.run.name if "://" not in storage else None
+    if not saved.is_file() or (local is not None and not any(local.glob("window_*"))):
+        return
+    differences = result_differences(yaml.safe_load(saved.read_text()) or {}, cfg)
+    if differences:
+        raise ConfigError(f"{out} holds window checkpoints of a run with other settings; resuming would mix "
+                          f"them: {'; '.join(differences)}. Use another run.out, or the old settings.")
+
+
 def run(cfg: ExperimentConfig, extra: dict | None = None) -> list[dict]:
     from xsmoe_ray.raysetup import ensure_ray
 
@@ -118,6 +137,7 @@ def run(cfg: ExperimentConfig, extra: dict | None = None) -> list[dict]:
     where = run_dir(cfg.run)
     out = where.local
     out.mkdir(parents=True, exist_ok=True)
+    check_resume(cfg, out, where.storage)
     (out / "config.yaml").write_text(dump_yaml(cfg))
     ensure_ray(cfg.run.num_cpus)
     prepared, cache = data_stages(cfg, out)
