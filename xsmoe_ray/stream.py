@@ -131,10 +131,17 @@ def check_resume(cfg: ExperimentConfig, out: Path, storage: str) -> None:
 
 
 def run(cfg: ExperimentConfig, extra: dict | None = None) -> list[dict]:
+    from xsmoe_ray.runlock import run_lock
+
+    where = run_dir(cfg.run)
+    with run_lock(where.local):  # one job per run directory, for the whole job
+        return _run(cfg, where, extra)
+
+
+def _run(cfg: ExperimentConfig, where, extra: dict | None) -> list[dict]:
     from xsmoe_ray.raysetup import ensure_ray
 
     t0 = time.perf_counter()
-    where = run_dir(cfg.run)
     out = where.local
     out.mkdir(parents=True, exist_ok=True)
     check_resume(cfg, out, where.storage)

@@ -313,6 +313,13 @@ def write_best_configs(spec: SweepSpec, best: dict, jobs: dict[str, TrialJob]) -
 
 def run_sweep(spec: SweepSpec, extra: dict | None = None) -> list:
     """Stage every dataset, run (or resume) one Tune experiment per dataset, write the outputs."""
+    from xsmoe_ray.runlock import run_lock
+
+    with run_lock(spec.out):  # one sweep per run.out, for the whole sweep
+        return _run_sweep(spec, extra)
+
+
+def _run_sweep(spec: SweepSpec, extra: dict | None) -> list:
     from xsmoe_ray.raysetup import ensure_ray
     from xsmoe_ray.sweep_report import write_sweep_outputs
 
