@@ -227,3 +227,20 @@ def test_reservoir_state_round_trips_and_mix_appends():
     assert torch.equal(buffer.sample(3), clone.sample(3))
     mixed = buffer.mix(torch.ones(4, 3, dtype=torch.int64))
     assert mixed.shape == (6, 3) and torch.equal(mixed[:4], torch.ones(4, 3, dtype=torch.int64))
+
+
+def test_ranks_replay_different_rows_and_keep_equal_generators():
+    """iisan_rh under DDP: every rank holds the same reservoir; each replays its own share of one draw."""
+    buffers = [ReservoirBuffer(40, seed=1) for _ in range(2)]
+    for b in buffers:
+        b.add(torch.arange(1, 601).view(100, 6))
+    batch = torch.zeros(8, 6, dtype=torch.long)
+    mixed = [b.mix(batch, rank=r, world=2)[8:] for r, b in enumerate(buffers)]
+    rows = [{tuple(x.tolist()) for x in m} for m in mixed]
+    assert len(mixed[0]) == len(mixed[1]) == 4 and not rows[0] & rows[1]  # disjoint shares
+    assert buffers[0].rng.bit_generator.state == buffers[1].rng.bit_generator.state
+    # One worker draws exactly what it drew before the change (world = 1 deals out everything).
+    a, b = ReservoirBuffer(40, seed=1), ReservoirBuffer(40, seed=1)
+    for buf in (a, b):
+        buf.add(torch.arange(1, 601).view(100, 6))
+    assert torch.equal(a.mix(batch)[8:], b.sample(4))

@@ -61,9 +61,14 @@ class ReservoirBuffer:
         picks = self.rng.choice(self.size, size=min(n, self.size), replace=False)
         return torch.from_numpy(self.data[np.sort(picks)].copy())
 
-    def mix(self, batch: torch.Tensor, n_replay: int | None = None) -> torch.Tensor:
-        """``batch`` [B, L+1] with replayed sequences appended: ``[B + r, L+1]``, ``r = n_replay or B // 2``."""
-        replay = self.sample(batch.shape[0] // 2 if n_replay is None else n_replay)
+    def mix(self, batch: torch.Tensor, n_replay: int | None = None, rank: int = 0, world: int = 1) -> torch.Tensor:
+        """``batch`` [B, L+1] with replayed sequences appended: ``[B + r, L+1]``, ``r = n_replay or B // 2``.
+
+        Under DDP every rank holds the same reservoir and generator; one draw of ``r * world`` rows is
+        dealt out ``[rank::world]``, so the ranks replay different rows and their generators stay equal.
+        """
+        n = batch.shape[0] // 2 if n_replay is None else n_replay
+        replay = self.sample(n * world)[rank::world]
         if replay.numel() == 0:
             return batch
         return torch.cat([batch, replay.to(batch.device)])

@@ -102,7 +102,7 @@ def train_window(model, data: WindowData, cfg: TrainConfig, device: torch.device
         for idx in epoch_batches(len(seqs), cfg.batch_size, seed, epoch, rank, world):
             batch = seqs[idx]
             if replay is not None and len(replay):
-                batch = replay.mix(batch)
+                batch = replay.mix(batch, rank=rank, world=world)
             losses.append(_step(model, optimizer, scaler, batch.to(device), log_pop, device, cfg.precision))
         result.epochs = epoch + 1
         result.losses.append(float(torch.stack(losses).float().mean()) if losses else float("nan"))
