@@ -132,6 +132,19 @@ def test_a_relaunch_with_result_changing_settings_is_refused(uninterrupted, caps
     assert (out / "history.json").read_text() == before and "variant: xsmoe" in (out / "config.yaml").read_text()
 
 
+def test_more_workers_than_the_local_machine_holds_is_an_error(ray_session, tmp_path):
+    """Issue 11: train.num_workers above a local Ray's CPUs (or GPUs) once waited forever."""
+    import xsmoe_ray.stream as stream
+    from xsmoe_ray.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train.num_workers=3 needs \{'CPU': 3.0, 'GPU': 0.0\} but this machine"):
+        stream.check_local_resources(tiny(tmp_path, "w", "train.num_workers=3"), True)
+    with pytest.raises(ConfigError, match="with train.use_gpu=true needs"):
+        stream.check_local_resources(tiny(tmp_path, "g", "train.use_gpu=true"), True)
+    stream.check_local_resources(tiny(tmp_path, "ok", "train.num_workers=2"), True)
+    stream.check_local_resources(tiny(tmp_path, "cluster", "train.num_workers=3"), False)  # a cluster may grow
+
+
 def test_an_unloadable_backbone_is_a_one_line_error(tmp_path, ray_session, capsys):
     from xsmoe_ray.stream import main
 

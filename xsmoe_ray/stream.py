@@ -130,6 +130,21 @@ def check_resume(cfg: ExperimentConfig, out: Path, storage: str) -> None:
                           f"them: {'; '.join(differences)}. Use another run.out, or the old settings.")
 
 
+def check_local_resources(cfg: ExperimentConfig, started_local: bool) -> None:
+    """On a local Ray this process started, more Train workers than the machine holds would make Ray
+    Train wait for resources forever; a cluster may still grow (autoscaling), so it is not checked."""
+    import ray
+
+    total = ray.cluster_resources()
+    need = {"CPU": float(cfg.train.num_workers), "GPU": float(cfg.train.num_workers if cfg.train.use_gpu else 0)}
+    short = {k: v for k, v in need.items() if v > total.get(k, 0.0) + 1e-9}
+    if short and started_local:
+        raise ConfigError(f"train.num_workers={cfg.train.num_workers}"
+                          f"{' with train.use_gpu=true' if cfg.train.use_gpu else ''} needs {need} but this "
+                          f"machine's Ray has { {k: total.get(k, 0.0) for k in need} }; use fewer workers "
+                          "or run on a cluster (RAY_ADDRESS)")
+
+
 def run(cfg: ExperimentConfig, extra: dict | None = None) -> list[dict]:
     from xsmoe_ray.runlock import run_lock
 
@@ -146,7 +161,7 @@ def _run(cfg: ExperimentConfig, where, extra: dict | None) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     check_resume(cfg, out, where.storage)
     (out / "config.yaml").write_text(dump_yaml(cfg))
-    ensure_ray(cfg.run.num_cpus)
+    check_local_resources(cfg, ensure_ray(cfg.run.num_cpus))
     prepared, cache = data_stages(cfg, out)
     check_grouping(cache, cfg.model.layers_per_group)
     result = fit(cfg, where.storage, prepared, cache, extra)
