@@ -50,6 +50,13 @@ def test_shipped_sweeps_load(name, tmp_path):
         assert [ds.cfg.data.format for ds in spec.datasets] == ["hm"] and not spec.datasets[0].cfg.data.date_from
 
 
+def test_a_uri_run_out_is_refused_not_made_a_local_folder(tmp_path):
+    path = write_sweep(tmp_path)
+    with pytest.raises(SweepError, match=r"run.out=s3://bucket/sweeps: a sweep writes to a directory"):
+        load_sweep(path, ["run.out=s3://bucket/sweeps"])
+    assert not (tmp_path / "s3:").exists() and not Path("s3:").exists()
+
+
 def test_override_order_and_resources(tmp_path):
     path = write_sweep(tmp_path, overrides=["model.d_prime=8", "train.lr=0.01"],
                        datasets={"a": {"config": "demo", "overrides": {"model.d_prime": 12, "synth.seed": 3}},

@@ -134,6 +134,10 @@ def load_sweep(path: str | Path, cli_overrides: list[str] | None = None) -> Swee
         wide = parse_overrides(shared + cli).get("run", {})
     except ConfigError as e:
         raise SweepError(f"{where}: overrides: {e}") from e
+    if "://" in str(wide.get("out") or ""):
+        # Path() would quietly turn s3://b/x into a local folder "s3:/b/x".
+        raise SweepError(f"{where}: run.out={wide['out']}: a sweep writes to a directory (local or on storage "
+                         "every node mounts), not a URI; the stream job accepts URIs")
     out = Path(wide.get("out") or f"runs/sweeps/{name}").expanduser().resolve()
     resources = _resources(raw.get("resources"), where)
     _reject_resource_keys(shared, f"{where}: overrides")
