@@ -409,3 +409,18 @@ def test_a_changed_demo_recipe_gets_a_new_backbone_id_and_old_caches_are_refused
     with pytest.raises(CacheMismatchError) as err:
         check_cache(cache_dir, read_items(data), cfg().backbone, pooling="cls")
     assert any(d.startswith("text.id: cached 'demo:bert-demo-v") for d in err.value.differences)
+
+
+def test_word_truncation_reads_only_the_words_it_keeps():
+    """Issue 11: an 80 MB text field once cost ~1.4 GB per truncation (a list of every word)."""
+    import tracemalloc
+
+    assert backbones.truncate_words("  a\tb\n c  d ", 3) == "a b c"
+    assert backbones.truncate_words(None, 3) == "" and backbones.truncate_words("x y", 0) == ""
+    assert backbones.truncate_words("über  naïve\u00a0café", 5) == " ".join("über  naïve\u00a0café".split())
+    huge = "word " * 8_000_000  # 40 MB
+    tracemalloc.start()
+    out = backbones.truncate_words(huge, 40)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert out == " ".join(["word"] * 40) and peak < 1_000_000
