@@ -244,6 +244,20 @@ def test_generic_listed_image_missing_is_null_and_noted(tmp_path):
     assert any("1 listed image file(s) do not exist" in n and "img/sku-2.jpg" in n for n in ds.report.notes)
 
 
+@pytest.mark.parametrize("escape", ["../secret.jpg", "img/../../secret.jpg", "ABSOLUTE"])
+def test_generic_image_outside_the_root_is_not_read(tmp_path, escape):
+    """Issue 11: ../../etc/passwd as an image path was read and hashed into the cache."""
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes(b"not yours")
+    root = tmp_path / "data"
+    path = str(secret) if escape == "ABSOLUTE" else escape
+    items = [{**GENERIC_ITEMS[0], "image": path}, *GENERIC_ITEMS[1:]]
+    ds = load_generic(write_generic(root, items=items))
+    assert ds.items.column("image")[0].as_py() is None  # never handed to the encoder
+    assert ds.items.column("image")[1].as_py() == str((root / "img" / "sku-2.jpg").resolve())  # inside: kept
+    assert any("1 listed image path(s) point outside the dataset root" in n and path in n for n in ds.report.notes)
+
+
 def test_generic_prefers_parquet_and_says_so(tmp_path):
     write_generic(tmp_path, fmt="csv")
     write_generic(tmp_path, GENERIC_INTERACTIONS[:3], fmt="parquet")

@@ -8,7 +8,7 @@ Format (DESIGN.md §3, "Generic"; anything else a user has is converted to it)
   ``+01:00`` offset; a datetime without an offset is read as UTC); in parquet also a timestamp or
   date column. A string of digits only is read as seconds, never as ``YYYYMMDD``.
 * ``items.parquet`` or ``items.csv``: ``item_id`` and the optional ``text`` and ``image`` (a path
-  relative to the dataset root, or absolute, or empty). A missing ``text`` or ``image`` column means
+  relative to the dataset root, or absolute but inside it, or empty). A missing ``text`` or ``image`` column means
   that modality is absent (noted in the report), not an error.
 
 When both a ``.parquet`` and a ``.csv`` exist, the parquet is read and the report says so. Ids are
@@ -397,11 +397,22 @@ def existing_files(paths: Sequence[str | None]) -> np.ndarray:
 
 
 def resolve_images(root: Path, rel: Sequence[str | None], path: Path, report: LoadReport) -> pa.Array:
-    """Absolute image paths (null when empty or the file is missing; missing ones are noted)."""
+    """Absolute image paths (null when empty, missing or outside the dataset root; each case noted).
+
+    A path must stay inside the root once normalised (``../../etc/passwd`` or ``/etc/passwd`` would
+    otherwise be read and hashed into the cache); the check is lexical, so a symlinked image folder
+    inside the root still works.
+    """
     base = str(root.resolve())
     full = [os.path.normpath(os.path.join(base, p)) if p else None for p in rel]
+    outside = np.array([p is not None and os.path.commonpath([base, p]) != base for p in full], dtype=bool)
+    if outside.any():
+        report.notes.append(f"{path}: {int(outside.sum())} listed image path(s) point outside the dataset root "
+                            f"{base}; their image is null and the file is not read, e.g. "
+                            f"{examples([rel[i] for i in np.flatnonzero(outside)])}")
+        full = [None if out else p for p, out in zip(full, outside)]
     found = existing_files(full)
-    listed = np.array([bool(p) for p in rel], dtype=bool)
+    listed = np.array([bool(p) for p in rel], dtype=bool) & ~outside
     missing = listed & ~found
     if missing.any():
         report.notes.append(f"{path}: {int(missing.sum())} listed image file(s) do not exist; their image is "
