@@ -120,6 +120,27 @@ def test_raycluster_fields_gpus_and_volumes():
             assert volumes[mounts[SHARED]]["persistentVolumeClaim"]["claimName"] in claims
 
 
+def _bytes(quantity: str) -> float:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "K": 1e3, "M": 1e6, "G": 1e9}
+    for unit, factor in units.items():
+        if str(quantity).endswith(unit):
+            return float(str(quantity)[: -len(unit)]) * factor
+    return float(quantity)
+
+
+def test_object_store_fits_in_dev_shm_and_pods_can_write_the_shared_volume():
+    """Issue 11: Ray's default object store (30% of the pod's memory) was larger than /dev/shm, so it
+    would spill to disk; and /mnt/shared had no fsGroup for the image's user."""
+    spec = raycluster_spec()
+    for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+        pod = group["template"]["spec"]
+        memory = _bytes(pod["containers"][0]["resources"]["limits"]["memory"])
+        shm = _bytes(next(v for v in pod["volumes"] if v["name"] == "dshm")["emptyDir"]["sizeLimit"])
+        store = float(group.get("rayStartParams", {}).get("object-store-memory", 0.3 * memory))
+        assert store <= shm, (group.get("groupName", "head"), store, shm)
+        assert pod["securityContext"]["fsGroup"] == 100
+
+
 def test_rayjobs_embed_the_raycluster_spec():
     for job in ("rayjob-stream.yaml", "rayjob-tune.yaml"):
         doc = load(f"kuberay/{job}")
@@ -127,10 +148,14 @@ def test_rayjobs_embed_the_raycluster_spec():
         assert set(doc["spec"]) <= JOB_SPEC
         assert doc["spec"]["rayClusterSpec"] == raycluster_spec()
         assert doc["spec"]["shutdownAfterJobFinishes"] is True and doc["spec"]["activeDeadlineSeconds"] > 0
+        assert doc["spec"]["backoffLimit"] >= 1
 
 
 def test_dockerfile_matches_ray_and_copies_existing_paths():
     text = (CLUSTER / "Dockerfile").read_text()
+    # torch pinned to the version CI tests (.ci/run): an unpinned one drifts with every image build.
+    ci = re.search(r"torch==(\S+)", (REPO / ".ci" / "run").read_text()).group(1)
+    assert re.search(r'pip install[^\n]*"torch==([^"]+)"', text).group(1) == ci
     assert re.search(r"^FROM rayproject/ray:(\S+)-py3\d+-gpu$", text, re.M).group(1) == ray.__version__
     assert re.search(r"^WORKDIR (\S+)$", text, re.M).group(1) == IMAGE_ROOT
     for line in re.findall(r"^COPY (?:--chown=\S+ )?(.+)$", text, re.M):
