@@ -31,6 +31,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 from xsmoe_ray import backbones
 from xsmoe_ray.cache.build import (LayerEncoder, cpu_stage_kwargs, encode_with_ray, encoder_kwargs, encoding_table,
@@ -100,7 +101,7 @@ def plain_batches(table: pa.Table, specs: dict, batch_size: int, threads: int) -
 
     torch.set_num_threads(threads)
     root = str(backbones.demo_root())
-    encoder = LayerEncoder(**encoder_kwargs(specs, root, threads))
+    encoder = LayerEncoder(**encoder_kwargs(specs, root, threads, torch.cuda.is_available()))
     cpu_kwargs = cpu_stage_kwargs(specs, root)
     for lo in range(0, table.num_rows, batch_size):
         part = table.slice(lo, batch_size)
@@ -138,7 +139,8 @@ def run_case(name: str, overrides: list[str], n: int, batch_size: int, threads: 
     with tempfile.TemporaryDirectory() as tmp:
         items = synthetic_items(Path(tmp), n, images)
         table = encoding_table(items, {m: np.ones(n, bool) for m in modalities}, cfg.data.max_words)
-        timings = measure_both({"ray": lambda t: encode_with_ray(t, specs, batch_size, workers=1, threads=threads),
+        timings = measure_both({"ray": lambda t: encode_with_ray(t, specs, batch_size, workers=1, threads=threads,
+                                                                  use_gpu=torch.cuda.is_available()),
                                 "plain": lambda t: plain_batches(t, specs, batch_size, threads)},
                                table, batch_size, repeats)
     ray_t, plain_t = timings["ray"], timings["plain"]

@@ -424,3 +424,20 @@ def test_word_truncation_reads_only_the_words_it_keeps():
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert out == " ".join(["word"] * 40) and peak < 1_000_000
+
+
+def test_gpu_encoders_are_requested_not_sized_from_a_snapshot(ray_session):
+    """Issue 11: on an autoscaling cluster with no GPU node yet, a snapshot saw 0 GPUs and built on one
+    CPU actor. With cache.use_gpu the pool asks Ray for workers x 1 GPU, whatever is there now."""
+    from xsmoe_ray.cache.build import encoder_pool
+
+    assert encoder_pool(4, use_gpu=True) == (4, 1)  # this test Ray has no GPU at all
+    assert encoder_pool(4, use_gpu=False) == (1, 0)  # 2 CPUs: one left for the CPU stage
+
+
+def test_cpu_encoders_never_touch_a_visible_gpu(monkeypatch):
+    from xsmoe_ray.cache.build import LayerEncoder
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU node, in a 0-GPU actor
+    enc = LayerEncoder({"text": "demo"}, str(backbones.demo_root()), use_gpu=False)
+    assert enc.device.type == "cpu" and next(enc.models["text"].parameters()).device.type == "cpu"

@@ -233,5 +233,6 @@ def test_cluster_fits_the_jobs():
     total_gpus = pod_gpus * group["maxReplicas"]
     assert cfg.train.use_gpu and cfg.train.num_workers <= total_gpus and cfg.cache.workers <= total_gpus
     assert sweep.datasets[0].cfg.cache.workers <= total_gpus
+    assert cfg.cache.use_gpu and sweep.datasets[0].cfg.cache.use_gpu  # GPU encoders asked for, not guessed
     # Train-inside-trial: Tune must not start more trials than the cluster's GPUs can hold at once.
     assert 0 < sweep.max_concurrent_trials * r.workers * max(r.gpu, 1) <= total_gpus

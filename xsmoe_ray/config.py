@@ -98,7 +98,9 @@ class CacheConfig:
 
     dir: str = field(default="", metadata={"help": "cache directory (default: <run.out>/cache)"})
     batch_size: int = field(default=64, metadata={"help": "items per encoder batch"})
-    workers: int = field(default=1, metadata={"help": "encoder actors (one GPU each when present)"})
+    workers: int = field(default=1, metadata={"help": "encoder actors (one GPU each with cache.use_gpu)"})
+    use_gpu: bool = field(default=False, metadata={
+        "help": "one GPU per encoder actor, requested from Ray (an autoscaler brings GPU nodes); false: CPU actors"})
     pooling: str = field(default="mean", metadata={"help": "per-layer pooling stored in the cache: cls (first "
                                                           "token) | mean (non-padding tokens / image patches)"})
 
@@ -324,7 +326,7 @@ def dump_yaml(cfg: ExperimentConfig) -> str:
 # Keys a relaunch may change without changing what the windows compute: where things live, how many
 # processes share the work, how failures are retried.
 RESULT_NEUTRAL = ("run.out", "run.num_cpus", "run.local_dir", "data.path", "cache.dir", "cache.workers",
-                  "cache.batch_size", "train.num_workers", "train.max_failures")
+                  "cache.batch_size", "cache.use_gpu", "train.num_workers", "train.max_failures")
 
 
 def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -143,6 +143,9 @@ def check_local_resources(cfg: ExperimentConfig, started_local: bool) -> None:
                           f"{' with train.use_gpu=true' if cfg.train.use_gpu else ''} needs {need} but this "
                           f"machine's Ray has { {k: total.get(k, 0.0) for k in need} }; use fewer workers "
                           "or run on a cluster (RAY_ADDRESS)")
+    if cfg.cache.use_gpu and started_local and total.get("GPU", 0.0) < 1:
+        raise ConfigError("cache.use_gpu=true but this machine's Ray has no GPU; set cache.use_gpu=false "
+                          "or run on a cluster (RAY_ADDRESS)")
 
 
 def run(cfg: ExperimentConfig, extra: dict | None = None) -> list[dict]:

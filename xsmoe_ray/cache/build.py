@@ -97,11 +97,13 @@ class LayerEncoder:
     """
 
     def __init__(self, backbones_by_modality: dict[str, str], root: str, image_size: int = 0, threads: int = 0,
-                 poolings: dict[str, str] | None = None):
+                 poolings: dict[str, str] | None = None, use_gpu: bool = False):
         import torch
 
         self.poolings = {m: backbones.check_pooling((poolings or {}).get(m, "cls")) for m in backbones_by_modality}
-        self.device = backbones.pick_device()
+        # Explicit, not "CUDA if visible": in Ray 2.60 an actor that reserved no GPU still sees every GPU
+        # of its node, and would share them with the GPU actors uninvited.
+        self.device = torch.device("cuda") if use_gpu else torch.device("cpu")
         # Ray sets OMP_NUM_THREADS to the actor's CPU reservation (1); a CPU encoder needs the cores.
         if self.device.type == "cpu" and threads:
             torch.set_num_threads(threads)
@@ -137,15 +139,16 @@ class LayerEncoder:
         return out
 
 
-def encoder_pool(workers: int) -> tuple[int, int]:
-    """(actors, GPUs per actor): one actor per GPU when the cluster has GPUs, else CPU actors that
-    leave at least one CPU free for the CPU stage (otherwise the pipeline could not progress)."""
+def encoder_pool(workers: int, use_gpu: bool) -> tuple[int, int]:
+    """(actors, GPUs per actor). ``use_gpu``: ``workers`` actors of one GPU each, asked of Ray as they
+    are (an autoscaling cluster starting at zero GPU nodes brings them; a snapshot of its resources
+    would have seen none). Otherwise CPU actors that leave at least one CPU free for the CPU stage
+    (otherwise the pipeline could not progress)."""
     import ray
 
-    resources = ray.cluster_resources()
-    gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
-    if gpus:
-        return min(workers, gpus), 1
+    if use_gpu:
+        return workers, 1
+    cpus = int(ray.cluster_resources().get("CPU", 1))
     return max(1, min(workers, cpus - 1)), 0
 
 
@@ -167,11 +170,11 @@ def cpu_stage_kwargs(specs: dict[str, dict[str, Any]], root: str) -> dict[str, A
     return kwargs
 
 
-def encoder_kwargs(specs: dict[str, dict[str, Any]], root: str, threads: int) -> dict[str, Any]:
+def encoder_kwargs(specs: dict[str, dict[str, Any]], root: str, threads: int, use_gpu: bool = False) -> dict[str, Any]:
     """``LayerEncoder`` constructor arguments for the modalities in ``specs``."""
     return {"backbones_by_modality": {m: s["backbone"] for m, s in specs.items()}, "root": root,
             "image_size": specs["image"]["image_size"] if "image" in specs else 0, "threads": threads,
-            "poolings": {m: s["pooling"] for m, s in specs.items()}}
+            "poolings": {m: s["pooling"] for m, s in specs.items()}, "use_gpu": use_gpu}
 
 
 def encoding_table(items: pa.Table, need: dict[str, np.ndarray], max_words: int) -> pa.Table:
@@ -185,12 +188,12 @@ def encoding_table(items: pa.Table, need: dict[str, np.ndarray], max_words: int)
 
 
 def encode_with_ray(table: pa.Table, specs: dict[str, dict[str, Any]], batch_size: int, workers: int,
-                    threads: int = 0) -> Iterator[dict[str, np.ndarray]]:
+                    threads: int = 0, use_gpu: bool = False) -> Iterator[dict[str, np.ndarray]]:
     """Stream encoded batches for an :func:`encoding_table`: per batch ``item`` and, per modality in
     ``specs``, ``<m>`` [B, M+1, d] float16, ``need_<m>`` and ``<m>_error``."""
     import ray
 
-    actors, gpus = encoder_pool(workers)
+    actors, gpus = encoder_pool(workers, use_gpu)
     threads = threads or default_threads(actors)
     root = str(backbones.demo_root())
     # One batch per block, so results stream back batch by batch. from_blocks computes block
@@ -200,7 +203,7 @@ def encode_with_ray(table: pa.Table, specs: dict[str, dict[str, Any]], batch_siz
                         batch_format="numpy")
     # On a CPU-only cluster Ray Data fuses this stage into the encoder actors (same resources);
     # with GPUs it stays a separate CPU task stage feeding the GPU actors.
-    ds = ds.map_batches(LayerEncoder, fn_constructor_kwargs=encoder_kwargs(specs, root, threads),
+    ds = ds.map_batches(LayerEncoder, fn_constructor_kwargs=encoder_kwargs(specs, root, threads, bool(gpus)),
                         compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=gpus, batch_size=batch_size,
                         batch_format="numpy")
     log.info("encoding %d item(s) (%s) on %d actor(s)%s", table.num_rows, "+".join(specs), actors,
@@ -330,7 +333,7 @@ def _encode_needed(outs: dict[str, np.ndarray], items: pa.Table, need: dict[str,
     item_ids = items.column("item_id").to_pylist()
     written = {m: np.zeros(items.num_rows + 1, dtype=bool) for m in specs}
     failures: dict[str, dict[str, str]] = {m: {} for m in specs}
-    for batch in encode_with_ray(subset, specs, cfg.cache.batch_size, cfg.cache.workers, threads):
+    for batch in encode_with_ray(subset, specs, cfg.cache.batch_size, cfg.cache.workers, threads, cfg.cache.use_gpu):
         for m in specs:
             rows = batch["item"].astype(np.int64)[batch[f"need_{m}"]]
             layers = batch[m][batch[f"need_{m}"]]
