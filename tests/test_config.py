@@ -86,3 +86,11 @@ def test_result_differences_ignore_result_neutral_keys():
     assert result_differences(old, changed) == ["model.tau: 0.0 -> 0.1", "run.seed: 0 -> 1"]
     del old["model"]["feature_norm"]  # a config saved before the key existed counts as the default
     assert result_differences(old, load_config("demo")) == []
+
+
+@pytest.mark.parametrize("preset", ["demo", "synth_medium", "ml1m"])
+def test_cpu_presets_train_to_patience_five_with_a_twenty_epoch_cap(preset):
+    """Issue 13.5: the synthetic presets stopped at 8 epochs with patience 2 while val still rose."""
+    cfg = load_config(preset)
+    assert (cfg.train.max_epochs, cfg.train.patience, cfg.train.precision) == (20, 5, "auto")
+    assert (cfg.cache.pooling, cfg.model.feature_norm) == ("mean", "layer")
