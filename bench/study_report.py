@@ -75,22 +75,33 @@ def significance_table(runs: dict[str, list[dict]], base: str = "xsmoe") -> str:
     return "\n".join(lines) + "\n"
 
 
+def _router_text(window: dict) -> str:
+    """Per layer: the router's mean weight on the backbone term, on the newest expert, and the
+    smallest expert utilization (Eq. 5), as measured on the kept weights of that window."""
+    router, util = window.get("router") or {}, window.get("utilization") or {}
+    parts = []
+    for m in sorted(router):
+        for i, alphas in enumerate(router[m]):
+            low = min(util[m][i]) if util.get(m) else float("nan")
+            parts.append(f"{m[0]}L{i + 1}: {alphas[0]:.2f} / {alphas[-1]:.2f} / {low:.3f}")
+    return "; ".join(parts) or "-"
+
+
 def fit_table(runs: dict[str, list[dict]]) -> str:
     """In-window fit and what the side network does at the end: val NDCG@10, epochs, cap hits,
-    utilization of the experts and the router weight on the backbone term (last window)."""
-    lines = ["| Method | val NDCG@10, windows 1-8 (%) | epochs per window | windows at the epoch cap | "
-             "experts at the end | mean utilization of the experts, last window |", "|---|---:|---:|---:|---|---|"]
+    experts, and per side layer the router weight on the backbone / on the newest expert / the
+    smallest expert utilization in the last window (first seed)."""
+    lines = ["| Method | val NDCG@10, windows 1-8 (%) | epochs per window | windows at the epoch cap (per seed) | "
+             "experts at the end | last window, per layer: α backbone / α newest expert / min utilization |",
+             "|---|---:|---:|---|---|---|"]
     for v, rs in runs.items():
         val = mean_std(np.mean([100 * w["val_ndcg10"] for w in r["history"] if w["window"] >= 1]) for r in rs)
         ep = mean_std(np.mean([w["epochs"] for w in r["history"]]) for r in rs)
         caps = [sum(w["epochs"] >= r["config"]["train"]["max_epochs"] for w in r["history"]) for r in rs]
         last = rs[0]["history"][-1]
         experts = " ".join(f"{m}:{'/'.join(map(str, n))}" for m, n in sorted(last.get("experts", {}).items())) or "-"
-        util = last.get("utilization")
-        util_text = "; ".join(f"{m} L{i + 1}: " + "/".join(f"{x:.2f}" for x in layer)
-                              for m, layers in sorted(util.items()) for i, layer in enumerate(layers)) if util else "-"
         lines.append(f"| {v} | {_cell(*val, len(rs))} | {_cell(*ep, len(rs))} | {', '.join(map(str, caps))} | "
-                     f"{experts} | {util_text} |")
+                     f"{experts} | {_router_text(last)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -111,13 +122,13 @@ def selection_table(roots: list[Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def section(name: str, root: Path, out_dir: Path, slug: str) -> str:
+def section(name: str, root: Path, out_dir: Path) -> str:
     runs = load_runs(root, VARIANTS, range(10))
     if not runs:
         return f"## {name}\n\nNo finished run in `{root}`.\n"
     reference = reference_from_runs(runs)
     study = json.loads((root / "study.json").read_text()) if (root / "study.json").exists() else {}
-    png = out_dir / f"results_{slug}.png"
+    png = out_dir / f"results_{root.name}.png"
     png.write_bytes(figure(runs, reference))
     sets = " ".join(study.get("overrides", [])) or "(none)"
     return "\n".join([
@@ -144,9 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     parts = [args.header.read_text() if args.header else "# Results\n"]
     if args.selection:
         parts += ["## Choosing the defaults (validation only)", "", selection_table(args.selection)]
-    for k, spec in enumerate(args.section):
+    for spec in args.section:
         name, root = spec.split("=", 1)
-        parts.append(section(name, Path(root), args.out.parent, f"s{k}"))
+        parts.append(section(name, Path(root), args.out.parent))
     parts += ["## Analysis", "", ANALYSIS_BEGIN, kept_analysis(args.out).rstrip("\n"), ANALYSIS_END, ""]
     args.out.write_text("\n".join(parts))
     print(f"wrote {args.out}")
