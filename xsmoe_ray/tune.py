@@ -315,6 +315,7 @@ def run_sweep(spec: SweepSpec, extra: dict | None = None) -> list:
     """Stage every dataset, run (or resume) one Tune experiment per dataset, write the outputs."""
     from xsmoe_ray.runlock import run_lock
 
+    preflight_grouping(spec)  # before anything is written or started (the lock creates run.out)
     with run_lock(spec.out):  # one sweep per run.out, for the whole sweep
         return _run_sweep(spec, extra)
 
@@ -324,7 +325,6 @@ def _run_sweep(spec: SweepSpec, extra: dict | None) -> list:
     from xsmoe_ray.sweep_report import write_sweep_outputs
 
     t0 = time.perf_counter()
-    preflight_grouping(spec)  # before anything is written or started
     check_same_sweep(spec)
     started_local = ensure_ray(spec.num_cpus)
     check_local_resources(spec, started_local)
