@@ -84,9 +84,9 @@ def training_rows(stream: Stream, targets: np.ndarray) -> np.ndarray:
     starts = np.flatnonzero(new_user)
     sizes = np.diff(np.concatenate([starts, [len(u)]]))
     back = np.repeat(starts + sizes, sizes) - 1 - np.arange(len(u))  # 0 for a user's latest target
-    ends = order[back % L == 0]  # positions (in ``targets``) of each piece's last target
-    k = np.minimum(L, np.repeat(sizes, sizes)[back % L == 0] - back[back % L == 0])
-    end_rows = targets[ends]
+    piece_end = back % L == 0  # a piece ends at its latest target
+    k = np.minimum(L, np.repeat(sizes, sizes)[piece_end] - back[piece_end])  # targets in each piece
+    end_rows = targets[order[piece_end]]
     rows = np.empty((len(end_rows), L + 2), dtype=np.int64)
     rows[:, :L] = stream.context[end_rows]
     rows[:, L] = stream.item[end_rows]
