@@ -1,7 +1,11 @@
-"""Multi-seed results study on synthetic drift data: every variant x seed, then docs/RESULTS.md.
+"""Multi-seed results study: every variant x seed of a preset, then a per-root summary.
 
     python bench/results_study.py                       # 7 variants x 3 seeds, then aggregate
-    python bench/results_study.py --aggregate-only      # only rebuild docs/RESULTS.md and the figure
+    python bench/results_study.py --aggregate-only      # only rebuild <root>/RESULTS.md and the figure
+    python bench/results_study.py --config ml1m --root runs/study/ml1m_new --variants xsmoe static noft --no-docs
+
+docs/RESULTS.md itself is written by ``bench/study_report.py`` from one or more study roots (Table-1
+shape, paired t-tests, default-choosing runs, the hand-written analysis kept).
     python bench/results_study.py --root runs/study_long --variants xsmoe static noft \\
         --set train.max_epochs=20 --set train.patience=5 --no-docs   # a non-default setting
 
@@ -13,9 +17,9 @@ so data and cache are built by the first run only. A run whose ``history.json`` 
 so the study resumes after an interruption (a half-finished run resumes from its last window
 checkpoint, since ``run.out`` is the same).
 
-Aggregation reads every run's ``history.json`` and writes ``docs/RESULTS.md`` (per-window HR@10 and
+Aggregation reads every run's ``history.json`` and writes ``<root>/RESULTS.md`` (per-window HR@10 and
 NDCG@10 in % as mean ± std over seeds, D_2..D_9 and AVG as the paper's Table 1; MP/TrP in MB and
-seconds per run as Table 3), the figure ``docs/results_ndcg.png``, plus a non-learned reference
+seconds per run as Table 3), the figure ``<root>/results_ndcg.png``, plus a non-learned reference
 (previous-chunk popularity) computed from the prepared stream. ``--extra-root`` adds the tables of
 other study roots (non-default settings) to the same document.
 """
@@ -390,7 +394,7 @@ def machine_note(root: Path, runs: dict[str, list[dict]]) -> str:
              for x in [r["wall"].get(k, [None])[0]] if x is not None]
     load = f"1-min load average {min(loads):.2f}-{max(loads):.2f} at run starts/ends" if loads else "load not recorded"
     return (f"{study.get('cpus', os.cpu_count())} CPU cores ({study.get('processor', _cpu_model())}), no GPU, "
-            f"shared with other engineers' jobs ({load}); torch CPU, bf16 autocast (train.precision=half); "
+            f"shared with other engineers' jobs ({load}); torch CPU, float32 (train.precision=auto); "
             f"runs strictly one after the other, one local Ray per run.")
 
 
@@ -429,7 +433,7 @@ def aggregate(args) -> None:
     reference = popularity_reference(any_run["dir"] / "prepared")
     study = json.loads((root / "study.json").read_text()) if (root / "study.json").exists() else {}
     oracles = generator_references(any_run, study.get("knobs") or [])
-    docs = REPO / "docs"
+    docs = args.root.resolve()  # a per-root summary; docs/RESULTS.md comes from bench/study_report.py
     fig_path = docs / "results_ndcg.png"
     fig_path.write_bytes(figure(runs, reference))
     extra = [(r.resolve(), load_runs(r.resolve(), VARIANTS, range(100))) for r in args.extra_root]
@@ -561,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="non-default synthetic generator knob (xsmoe_ray.data.synthetic.SynthKnobs), e.g. "
                         "trend_strength=1.0; the data is written once into <root>/data (repeatable)")
     p.add_argument("--aggregate-only", action="store_true", help="do not run anything, only aggregate")
-    p.add_argument("--no-docs", action="store_true", help="run only, do not write docs/")
+    p.add_argument("--no-docs", action="store_true", help="run only, do not write <root>/RESULTS.md")
     p.add_argument("--stop-on-error", action="store_true", help="stop at the first failed run")
     p.add_argument("--extra-root", type=Path, action="append", default=[],
                    help="another study root (non-default settings) to summarise in RESULTS.md (repeatable)")
