@@ -47,6 +47,15 @@ def uses_grad_scaler(device: torch.device, precision: str) -> bool:
     return device.type == "cuda" and precision in ("half", "auto")
 
 
+def _ranked(score_fn, cases: Cases, candidates: torch.Tensor, mask_history: bool, batch_size: int) -> RankingSums:
+    """Full-ranking sums of this rank's share of ``cases`` under ``score_fn``, summed over all ranks."""
+    rank, world = rank_and_world()
+    mine = cases.shard(rank, world)
+    sums = evaluate(score_fn, torch.from_numpy(mine.contexts), torch.from_numpy(mine.targets), candidates, k=10,
+                    batch_size=batch_size, mask_history=mask_history)
+    return RankingSums.from_tensor(all_reduce_sum(sums.as_tensor(candidates.device)).cpu())
+
+
 @torch.inference_mode()
 def evaluate_cases(model: torch.nn.Module, cases: Cases, device: torch.device, mask_history: bool = False,
                    batch_size: int = 1024) -> RankingSums:
@@ -54,31 +63,21 @@ def evaluate_cases(model: torch.nn.Module, cases: Cases, device: torch.device, m
     raw = unwrap(model)
     was_training = raw.training
     raw.eval()
-    rank, world = rank_and_world()
-    mine = cases.shard(rank, world)
     candidates = torch.from_numpy(cases.candidates).to(device)
     table = raw.item_embeddings(candidates, chunk_size=8192).float()  # [C, D], once per evaluation
-    sums = evaluate(lambda ctx: raw.user_embedding(ctx).float() @ table.T, torch.from_numpy(mine.contexts),
-                    torch.from_numpy(mine.targets), candidates, k=10, batch_size=batch_size,
-                    mask_history=mask_history)
+    sums = _ranked(lambda ctx: raw.user_embedding(ctx).float() @ table.T, cases, candidates, mask_history, batch_size)
     raw.train(was_training)
-    return RankingSums.from_tensor(all_reduce_sum(sums.as_tensor(device)).cpu())
+    return sums
 
 
 @torch.inference_mode()
 def evaluate_popularity(counts: torch.Tensor, cases: Cases, device: torch.device, mask_history: bool = False,
                         batch_size: int = 1024) -> RankingSums:
     """The reference ranking on the same cases: candidates by ``counts`` [n_items+1] (interactions in
-    the chunk before the test chunk), same tie rule and masking as the model; sharded like
-    :func:`evaluate_cases` and summed over all ranks."""
-    rank, world = rank_and_world()
-    mine = cases.shard(rank, world)
+    the chunk before the test chunk), same tie rule, masking and sharding as :func:`evaluate_cases`."""
     candidates = torch.from_numpy(cases.candidates).to(device)
     row = counts.to(device=device, dtype=torch.float32)[candidates]  # [C]
-    sums = evaluate(lambda ctx: row.expand(len(ctx), -1), torch.from_numpy(mine.contexts),
-                    torch.from_numpy(mine.targets), candidates, k=10, batch_size=batch_size,
-                    mask_history=mask_history)
-    return RankingSums.from_tensor(all_reduce_sum(sums.as_tensor(device)).cpu())
+    return _ranked(lambda ctx: row.expand(len(ctx), -1), cases, candidates, mask_history, batch_size)
 
 
 def train_window(model, data: WindowData, cfg: TrainConfig, device: torch.device, *, seed: int,
@@ -131,6 +130,8 @@ def track_utilization(raw, rows: torch.Tensor, batch_size: int, device: torch.de
     train mode changes nothing but enables tracking). Deterministic batches: same on a re-run.
     """
     raw.reset_utilization()
+    if not raw.sides:  # noft: nothing to track
+        return
     raw.set_utilization_tracking(True)
     was_training = raw.training
     raw.train()
