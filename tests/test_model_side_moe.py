@@ -81,6 +81,26 @@ def test_expansion_freezes_old_experts_and_adds_mean_expert():
     assert trainable == {id(p) for p in [*layer.router.parameters(), *layer.experts[2].parameters()]}
 
 
+@pytest.mark.parametrize("share", [0.0, 0.3, 0.6])
+def test_new_expert_share_sets_its_initial_router_share(share):
+    layer = grown_layer(3)
+    with torch.no_grad():  # every expert row at the same logit, so the share is exact
+        layer.router.proj.weight[1:] = layer.router.proj.weight[1]
+        layer.router.proj.bias[1:] = layer.router.proj.bias[1]
+    old_rows = layer.router.proj.weight.detach().clone()
+    layer.expand(share)
+    alpha = layer.router(torch.randn(6, D))
+    new_of_experts = alpha[:, -1] / alpha[:, 1:].sum(-1)
+    want = share if share > 0 else 1 / layer.n_experts
+    assert torch.allclose(new_of_experts, torch.full_like(new_of_experts, want), atol=1e-5)
+    assert torch.equal(layer.router.proj.weight[:-1], old_rows)  # only the new row's bias moves
+
+
+def test_new_expert_share_out_of_range_is_refused():
+    with pytest.raises(ValueError, match="new_share"):
+        grown_layer(1).expand(1.0)
+
+
 def test_gradients_reach_only_trainable_parameters():
     net = SideNetwork(D, DP, n_layers=2)
     net.expand()

@@ -125,11 +125,14 @@ class ModelConfig:
     kd_weight: float = field(default=1.0, metadata={"help": "iisan_kd distillation weight"})
     feature_norm: str = field(default="layer", metadata={
         "help": "'layer': standardise each cached layer with D_0 items' mean and scale (fixed at warm-up); 'none'"})
+    new_expert_share: float = field(default=0.0, metadata={
+        "help": "router share of the experts' mass a new expert starts with (0: the paper's mean row, 1/(N+1))"})
 
     def __post_init__(self) -> None:
         _require(self.variant in VARIANTS, f"model.variant must be one of {VARIANTS}, got {self.variant!r}")
         _require(self.d_prime >= 1 and self.layers_per_group >= 1, "model.d_prime and model.layers_per_group must be >= 1")
         _require(0.0 <= self.tau < 1.0, "model.tau must be in [0, 1)")
+        _require(0.0 <= self.new_expert_share < 1.0, "model.new_expert_share must be in [0, 1)")
         _require(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
         _require(self.feature_norm in ("none", "layer"), f"model.feature_norm must be 'none' or 'layer', got {self.feature_norm!r}")
 

@@ -7,6 +7,8 @@ paper's count in §4.5 it has a bias (``N_i+1`` extra parameters).
 Outputs are added and removed together with experts (:meth:`add_output`, :meth:`remove_output`),
 keeping the rows that stay bit-identical. A new row starts as the mean of the existing expert rows
 (the paper leaves this open): the new expert then receives the logit the experts get on average.
+``logit_offset`` raises that logit (``model.new_expert_share``): with ``N`` experts at the mean logit,
+an offset of ``log(s N / (1 - s))`` gives the new expert the share ``s`` of the experts' router mass.
 """
 
 from __future__ import annotations
@@ -38,10 +40,12 @@ class Router(nn.Module):
         self.proj = proj
 
     @torch.no_grad()
-    def add_output(self) -> None:
-        """Append one output (for a new expert), initialised to the mean of the expert rows 1..N."""
+    def add_output(self, logit_offset: float = 0.0) -> None:
+        """Append one output (for a new expert), initialised to the mean of the expert rows 1..N, its
+        bias raised by ``logit_offset``."""
         w, b = self.proj.weight, self.proj.bias
-        self._replace(torch.cat([w, w[1:].mean(0, keepdim=True)]), torch.cat([b, b[1:].mean(0, keepdim=True)]))
+        self._replace(torch.cat([w, w[1:].mean(0, keepdim=True)]),
+                      torch.cat([b, b[1:].mean(0, keepdim=True) + logit_offset]))
 
     @torch.no_grad()
     def remove_output(self, index: int) -> None:

@@ -31,6 +31,8 @@ only in training mode while ``track_utilization`` is on, so batches and ranks me
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -143,13 +145,21 @@ class SideLayer(nn.Module):
             if not frozen:
                 yield from expert.parameters()
 
-    def expand(self) -> None:
-        """Freeze every expert, append one initialised to their mean, append a router output (§4.2)."""
+    def expand(self, new_share: float = 0.0) -> None:
+        """Freeze every expert, append one initialised to their mean, append a router output (§4.2).
+
+        ``new_share`` in (0, 1): the new output's logit is raised so that, where the old experts' logits
+        equal their mean, the new expert takes that share of the experts' router mass; 0 leaves it at
+        the mean logit (1/(N+1) of that mass), as the paper's mean initialisation implies.
+        """
+        if not 0.0 <= new_share < 1.0:
+            raise ValueError(f"new_share must be in [0, 1), got {new_share}")
+        offset = math.log(new_share * self.n_experts / (1.0 - new_share)) if new_share > 0 else 0.0
         new = Expert.mean_of(list(self.experts))
         self.frozen = [True] * self.n_experts + [False]
         self._frozen_cache = None
         self.experts.append(new)
-        self.router.add_output()
+        self.router.add_output(offset)
         self.reset_utilization()
 
     def remove_expert(self, j: int) -> None:
@@ -206,9 +216,9 @@ class SideNetwork(nn.Module):
         for layer in self.layers:
             yield from layer.trainable_parameters()
 
-    def expand(self) -> None:
+    def expand(self, new_share: float = 0.0) -> None:
         for layer in self.layers:
-            layer.expand()
+            layer.expand(new_share)
 
     def structure(self) -> list[list[bool]]:
         """Per layer, one frozen flag per expert."""
