@@ -227,7 +227,7 @@ def popularity_reference(prepared: Path) -> dict[int, dict]:
         cases = eval_cases(s, s.test_cases(c), s.candidates(c))
         counts = np.bincount(s.item[s.rows(c - 1)], minlength=p.n_items + 1).astype(np.float32)
         row = torch.from_numpy(counts[cases.candidates])
-        sums = evaluate(lambda ctx: row.expand(len(ctx), -1), torch.from_numpy(cases.contexts),
+        sums = evaluate(lambda ctx, out: out.copy_(row.expand(len(ctx), -1)), torch.from_numpy(cases.contexts),
                         torch.from_numpy(cases.targets), torch.from_numpy(cases.candidates))
         out[c] = {"hr10": sums.hr, "ndcg10": sums.ndcg_mean}
     return out
@@ -300,7 +300,7 @@ def generator_references(run: dict, knobs: list[str]) -> dict[str, dict[int, dic
                 weight = np.where(weight > 0, weight, mean[cell])
             share = weight / np.bincount(cell, weight, n_cells)[cell]
             scores = torch.from_numpy((fs * ft * share[None]).astype(np.float32))
-            sums = evaluate(lambda ctx, sc=scores: sc[: len(ctx)], torch.from_numpy(cases.contexts),
+            sums = evaluate(lambda ctx, out, sc=scores: sc[: len(ctx)], torch.from_numpy(cases.contexts),
                             torch.from_numpy(cases.targets), torch.from_numpy(cases.candidates), batch_size=len(rows))
             out[name][c] = {"hr10": sums.hr, "ndcg10": sums.ndcg_mean}
     return out
@@ -332,7 +332,7 @@ def val_popularity_reference(prepared: Path) -> dict[int, float]:
         cases = eval_cases(s, s.val_cases(c), s.candidates(c))
         counts = np.bincount(s.item[s.train_targets(c)], minlength=p.n_items + 1).astype(np.float32)
         row = torch.from_numpy(counts[cases.candidates])
-        out[c] = evaluate(lambda ctx: row.expand(len(ctx), -1), torch.from_numpy(cases.contexts),
+        out[c] = evaluate(lambda ctx, buf: buf.copy_(row.expand(len(ctx), -1)), torch.from_numpy(cases.contexts),
                           torch.from_numpy(cases.targets), torch.from_numpy(cases.candidates)).ndcg_mean
     return out
 

@@ -26,15 +26,43 @@ def test_matches_reference(batch_size):
     table = torch.randn(n, len(candidates), generator=g)
     contexts = torch.arange(n)[:, None].expand(n, 3).clone()  # row id carried in the context
     tcol = torch.randint(0, len(candidates), (n,), generator=g)
-    sums = evaluate(lambda ctx: table[ctx[:, 0]], contexts, candidates[tcol], candidates, k=5, batch_size=batch_size)
+    sums = evaluate(lambda ctx, out: table[ctx[:, 0]], contexts, candidates[tcol], candidates, k=5, batch_size=batch_size)
     hr, ndcg = reference(table, tcol, 5)
     assert sums.count == n and sums.hr == pytest.approx(hr) and sums.ndcg_mean == pytest.approx(ndcg)
+
+
+def test_scores_written_into_one_reused_buffer():
+    g = torch.Generator().manual_seed(1)
+    candidates = torch.arange(1, 31)
+    users, table = torch.randn(23, 4, generator=g), torch.randn(30, 4, generator=g)
+    targets = torch.randint(1, 31, (23,), generator=g)
+    seen = []
+
+    def into(ctx, out):
+        seen.append((out.data_ptr(), tuple(out.shape)))
+        return torch.mm(users[ctx[:, 0]], table.T, out=out)
+
+    ctx = torch.arange(23)[:, None]
+    sums = evaluate(into, ctx, targets, candidates, k=5, batch_size=10)
+    hr, ndcg = reference(users @ table.T, targets - 1, 5)
+    assert sums.hr == pytest.approx(hr) and sums.ndcg_mean == pytest.approx(ndcg)
+    assert {p for p, _ in seen} == {seen[0][0]}  # one buffer for every batch
+    assert [s for _, s in seen] == [(10, 30), (10, 30), (3, 30)]
+
+
+def test_in_place_ranks_keep_pessimistic_ties():
+    from xsmoe_ray.evaluate import ranks_in_place, ranks_of_targets
+
+    scores = torch.tensor([[1.0, 2.0, 2.0, 0.5], [3.0, 3.0, 3.0, 3.0], [0.0, 1.0, float("-inf"), 2.0]])
+    tcol = torch.tensor([1, 0, 2])
+    want = ranks_of_targets(scores, tcol)
+    assert ranks_in_place(scores.clone(), tcol).tolist() == want.tolist() == [1, 3, 3]
 
 
 def test_constant_scores_get_no_credit():
     candidates = torch.arange(1, 21)
     ctx = torch.zeros(4, 2, dtype=torch.long)
-    sums = evaluate(lambda c: torch.zeros(len(c), 20), ctx, torch.tensor([1, 2, 3, 4]), candidates, k=10)
+    sums = evaluate(lambda c, out: torch.zeros(len(c), 20), ctx, torch.tensor([1, 2, 3, 4]), candidates, k=10)
     assert sums.hits == 0.0
 
 
@@ -42,7 +70,7 @@ def test_mask_history_removes_seen_items_but_not_the_target():
     candidates = torch.arange(1, 6)
     scores = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0]])
     ctx = torch.tensor([[1, 2]])  # the two best-scored items were seen
-    fn = lambda c: scores
+    fn = lambda c, out: scores
     assert evaluate(fn, ctx, torch.tensor([3]), candidates, k=1).hits == 0
     assert evaluate(fn, ctx, torch.tensor([3]), candidates, k=1, mask_history=True).hits == 1
     assert evaluate(fn, ctx, torch.tensor([1]), candidates, k=1, mask_history=True).hits == 1
@@ -50,7 +78,7 @@ def test_mask_history_removes_seen_items_but_not_the_target():
 
 def test_target_outside_candidates_is_an_error():
     with pytest.raises(ValueError, match="among the candidates"):
-        evaluate(lambda c: torch.zeros(1, 3), torch.zeros(1, 2, dtype=torch.long), torch.tensor([7]),
+        evaluate(lambda c, out: torch.zeros(1, 3), torch.zeros(1, 2, dtype=torch.long), torch.tensor([7]),
                  torch.tensor([1, 2, 3]))
 
 

@@ -65,7 +65,8 @@ def evaluate_cases(model: torch.nn.Module, cases: Cases, device: torch.device, m
     raw.eval()
     candidates = torch.from_numpy(cases.candidates).to(device)
     table = raw.item_embeddings(candidates, chunk_size=8192).float()  # [C, D], once per evaluation
-    sums = _ranked(lambda ctx: raw.user_embedding(ctx).float() @ table.T, cases, candidates, mask_history, batch_size)
+    sums = _ranked(lambda ctx, out: torch.mm(raw.user_embedding(ctx).float(), table.T, out=out), cases, candidates,
+                   mask_history, batch_size)
     raw.train(was_training)
     return sums
 
@@ -77,7 +78,7 @@ def evaluate_popularity(counts: torch.Tensor, cases: Cases, device: torch.device
     the chunk before the test chunk), same tie rule, masking and sharding as :func:`evaluate_cases`."""
     candidates = torch.from_numpy(cases.candidates).to(device)
     row = counts.to(device=device, dtype=torch.float32)[candidates]  # [C]
-    return _ranked(lambda ctx: row.expand(len(ctx), -1), cases, candidates, mask_history, batch_size)
+    return _ranked(lambda ctx, out: out.copy_(row.expand(len(ctx), -1)), cases, candidates, mask_history, batch_size)
 
 
 def train_window(model, data: WindowData, cfg: TrainConfig, device: torch.device, *, seed: int,
