@@ -52,6 +52,16 @@ def test_injected_failure_resumes_and_matches(uninterrupted, tmp_path):
     assert len(saved) == 4
 
 
+def test_last_window_stops_early_and_a_relaunch_continues_identically(uninterrupted):
+    _, plain, tmp = uninterrupted
+    first = run(tiny(tmp, "stepwise", "train.last_window=1"))
+    assert [r["window"] for r in first] == [0, 1]
+    history = run(tiny(tmp, "stepwise"))  # last_window is result-neutral: the relaunch resumes
+    assert [r["window"] for r in history] == [0, 1, 2, 3]
+    assert [r["param_hash"] for r in history] == [r["param_hash"] for r in plain]
+    assert [r["ndcg10"] for r in history] == [r["ndcg10"] for r in plain]
+
+
 def test_two_gloo_workers_agree_with_one(uninterrupted):
     cfg1, plain, tmp = uninterrupted
     history = run(tiny(tmp, "two_workers", "train.num_workers=2"))

@@ -99,3 +99,15 @@ def test_validation_honours_mask_history(monkeypatch):
     cfg = TrainConfig(batch_size=64, max_epochs=1, patience=1, precision="full")
     train_window(m, window_data(s, 1, N_ITEMS), cfg, torch.device("cpu"), seed=0, mask_history=True, log=lambda *_: None)
     assert seen == [True]
+
+
+def test_max_steps_caps_optimizer_steps_per_epoch():
+    s, m = setup()
+    data = window_data(s, 1, N_ITEMS)
+    batches = -(-len(data.train_rows) // 8)
+    assert batches > 3
+    for cap, want in [(0, batches), (3, 3)]:
+        cfg = TrainConfig(batch_size=8, max_epochs=2, patience=5, precision="full", max_steps=cap)
+        result = train_window(m, data, cfg, torch.device("cpu"), seed=0, log=lambda *_: None)
+        assert (result.epochs, result.steps) == (2, 2 * want)
+        assert 0 < result.train_seconds <= result.seconds

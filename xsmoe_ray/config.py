@@ -152,9 +152,15 @@ class TrainConfig:
     num_workers: int = field(default=1, metadata={"help": "Ray Train workers"})
     use_gpu: bool = field(default=False, metadata={"help": "one GPU per worker"})
     max_failures: int = field(default=2, metadata={"help": "worker-group restarts allowed"})
+    max_steps: int = field(default=0, metadata={
+        "help": "cap on optimizer steps per epoch (0 = every batch); for benchmarks and smoke runs"})
+    last_window: int = field(default=-1, metadata={
+        "help": "stop after this window (-1 = all); a relaunch with a later one continues"})
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 2, "train.batch_size must be >= 2")
+        _require(self.max_steps >= 0, "train.max_steps must be >= 0 (0 = no cap)")
+        _require(self.last_window >= -1, "train.last_window must be >= -1 (-1 = all windows)")
         _require(self.precision in ("auto", "half", "full"), "train.precision must be 'auto', 'half' or 'full'")
         # 0 would be Ray Train's local mode: no torch.distributed and no persisted checkpoints (no resume).
         _require(self.num_workers >= 1, "train.num_workers must be >= 1")
@@ -329,7 +335,8 @@ def dump_yaml(cfg: ExperimentConfig) -> str:
 # Keys a relaunch may change without changing what the windows compute: where things live, how many
 # processes share the work, how failures are retried.
 RESULT_NEUTRAL = ("run.out", "run.num_cpus", "run.local_dir", "data.path", "cache.dir", "cache.workers",
-                  "cache.batch_size", "cache.use_gpu", "train.num_workers", "train.max_failures")
+                  "cache.batch_size", "cache.use_gpu", "train.num_workers", "train.max_failures",
+                  "train.last_window")
 
 
 def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:

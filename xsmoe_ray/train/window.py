@@ -33,6 +33,8 @@ class WindowResult:
     best_val_ndcg: float
     seconds: float
     losses: list[float] = field(default_factory=list)
+    steps: int = 0  # optimizer steps, all epochs
+    train_seconds: float = 0.0  # in the step loops only (no validation, no utilization pass)
 
 
 def autocast_for(device: torch.device, precision: str):
@@ -98,12 +100,17 @@ def train_window(model, data: WindowData, cfg: TrainConfig, device: torch.device
         for group in optimizer.param_groups:
             group["lr"] = max(cfg.lr * cfg.lr_decay ** epoch, cfg.lr_min)
         raw.train()
-        losses = []
-        for idx in epoch_batches(len(seqs), cfg.batch_size, seed, epoch, rank, world):
+        losses, t_steps = [], time.perf_counter()
+        batches = epoch_batches(len(seqs), cfg.batch_size, seed, epoch, rank, world)
+        for idx in batches[: cfg.max_steps or None]:
             batch = seqs[idx]
             if replay is not None and len(replay):
                 batch = replay.mix(batch, rank=rank, world=world)
             losses.append(_step(model, optimizer, scaler, batch.to(device), log_pop, device, cfg.precision))
+        if losses:
+            float(losses[-1])  # wait for the device, so the step time is the steps'
+        result.train_seconds += time.perf_counter() - t_steps
+        result.steps += len(losses)
         result.epochs = epoch + 1
         result.losses.append(float(torch.stack(losses).float().mean()) if losses else float("nan"))
         val = evaluate_cases(model, data.val, device, mask_history).ndcg_mean if len(data.val) else 0.0

@@ -108,7 +108,8 @@ def run_windows(config: dict, report: ReportFn, get_checkpoint: Callable[[], obj
     replay = ReservoirBuffer(cfg.model.replay_size, seed=cfg.run.seed) if raw.spec.replay else None
     if replay is not None and state.replay:
         replay.load_state_dict(state.replay)
-    for w in range(state.window + 1, stream.n_chunks - 1):
+    last = stream.n_chunks - 2 if cfg.train.last_window < 0 else min(cfg.train.last_window, stream.n_chunks - 2)
+    for w in range(state.window + 1, last + 1):
         maybe_fail(config, w)
         row = run_one_window(cfg, raw, stream, prepared.n_items, w, device, replay)
         state.history = [r for r in state.history if r["window"] != w] + [row]  # a re-run replaces
@@ -143,6 +144,7 @@ def run_one_window(cfg: ExperimentConfig, raw: XSMoE, stream, n_items: int, w: i
         "hr10": test.hr if test else None, "ndcg10": test.ndcg_mean if test else None,
         "pop_hr10": popular.hr if popular else None, "pop_ndcg10": popular.ndcg_mean if popular else None,
         "val_ndcg10": result.best_val_ndcg, "epochs": result.epochs, "seconds": result.seconds,
+        "steps": result.steps, "train_s": result.train_seconds,
         "experts": experts_per_layer(raw), "pruned": {m: {str(k): v for k, v in d.items()} for m, d in removed.items()},
         "mp_mb": params["total_mb"], "trp_mb": params["trainable_mb"],
         "utilization": utilization, "router": router,
