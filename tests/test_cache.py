@@ -441,3 +441,17 @@ def test_cpu_encoders_never_touch_a_visible_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU node, in a 0-GPU actor
     enc = LayerEncoder({"text": "demo"}, str(backbones.demo_root()), use_gpu=False)
     assert enc.device.type == "cpu" and next(enc.models["text"].parameters()).device.type == "cpu"
+
+
+def test_read_layers_equals_indexing_the_memmap(tmp_path):
+    import numpy as np
+
+    from xsmoe_ray.cache.load import read_layers
+
+    arr = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=np.float16, shape=(1001, 7, 5))
+    arr[:] = np.random.default_rng(0).standard_normal((1001, 7, 5))
+    arr.flush()
+    del arr
+    mm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    for block in (1, 64, 1001, 5000):  # blocks that do and do not divide the rows, and one larger
+        assert np.array_equal(read_layers(mm, [0, 3, 6], block_items=block), mm[:, [0, 3, 6]])

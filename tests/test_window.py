@@ -110,4 +110,5 @@ def test_max_steps_caps_optimizer_steps_per_epoch():
         cfg = TrainConfig(batch_size=8, max_epochs=2, patience=5, precision="full", max_steps=cap)
         result = train_window(m, data, cfg, torch.device("cpu"), seed=0, log=lambda *_: None)
         assert (result.epochs, result.steps) == (2, 2 * want)
-        assert 0 < result.train_seconds <= result.seconds
+        assert 0 < result.train_seconds and 0 < result.val_seconds
+        assert result.train_seconds + result.val_seconds <= result.seconds

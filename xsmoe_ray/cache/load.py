@@ -65,7 +65,9 @@ def load_grouped(cache_dir: str | Path, layers_per_group: int, modalities: Seque
     """Per modality, float16 ``[n_items+1, M/g+1, d]``: index 0 = ``l_0``, index j = ``l_{j*g}``.
 
     Kept in float16 as stored (half the device memory of float32); the model casts the rows it
-    gathers. Moved to ``device`` once when given.
+    gathers. Moved to ``device`` once when given. Read with plain file reads, a block of items at a
+    time, not by indexing the memmap: the kept layers are interleaved with the others, so indexing
+    would map nearly every page of the whole cache (4.2 GB at full H&M) into each worker's RSS.
     """
     cache = open_cache(cache_dir)
     wanted = list(modalities) if modalities is not None else list(cache.arrays)
@@ -75,9 +77,32 @@ def load_grouped(cache_dir: str | Path, layers_per_group: int, modalities: Seque
     out = {}
     for m in wanted:
         index = group_index(cache.layers(m), layers_per_group)
-        grouped = torch.from_numpy(np.ascontiguousarray(cache.arrays[m][:, index]))  # [n+1, M/g+1, d]
+        grouped = torch.from_numpy(read_layers(cache.arrays[m], index))  # [n+1, M/g+1, d]
         out[m] = grouped.to(device) if device is not None else grouped
     return out
+
+
+def read_layers(array: np.memmap, index: list[int], block_items: int = 2048) -> np.ndarray:
+    """``array[:, index]`` of a memmapped ``[n, layers, d]`` .npy, read block by block from its file."""
+    n, layers, d = array.shape
+    out = np.empty((n, len(index), d), dtype=array.dtype)
+    buf = np.empty((min(block_items, n), layers, d), dtype=array.dtype)
+    with open(array.filename, "rb", buffering=0) as f:
+        f.seek(array.offset)
+        for lo in range(0, n, len(buf)):
+            view = buf[: min(len(buf), n - lo)]
+            _read_exactly(f, memoryview(view).cast("B"), array.filename)
+            out[lo: lo + len(view)] = view[:, index]
+    return out
+
+
+def _read_exactly(f, target: memoryview, name: str) -> None:
+    done = 0
+    while done < len(target):
+        got = f.readinto(target[done:])
+        if not got:
+            raise CacheError(f"{name}: file ends early (truncated cache array)")
+        done += got
 
 
 def check_cache(cache_dir: str | Path, items_table: pa.Table, backbone_cfg, max_words: int = 40,

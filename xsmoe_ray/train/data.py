@@ -32,7 +32,9 @@ class Cases:
     candidates: np.ndarray
 
     def shard(self, rank: int, world: int) -> "Cases":
-        return Cases(self.contexts[rank::world], self.targets[rank::world], self.candidates)
+        # contiguous copies: torch.searchsorted and the batch slices would copy strided views per call
+        return Cases(np.ascontiguousarray(self.contexts[rank::world]), np.ascontiguousarray(self.targets[rank::world]),
+                     self.candidates)
 
     def __len__(self) -> int:
         return len(self.targets)

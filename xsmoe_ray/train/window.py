@@ -35,6 +35,7 @@ class WindowResult:
     losses: list[float] = field(default_factory=list)
     steps: int = 0  # optimizer steps, all epochs
     train_seconds: float = 0.0  # in the step loops only (no validation, no utilization pass)
+    val_seconds: float = 0.0  # in the per-epoch validations
 
 
 def autocast_for(device: torch.device, precision: str):
@@ -113,7 +114,9 @@ def train_window(model, data: WindowData, cfg: TrainConfig, device: torch.device
         result.steps += len(losses)
         result.epochs = epoch + 1
         result.losses.append(float(torch.stack(losses).float().mean()) if losses else float("nan"))
+        t_val = time.perf_counter()
         val = evaluate_cases(model, data.val, device, mask_history).ndcg_mean if len(data.val) else 0.0
+        result.val_seconds += time.perf_counter() - t_val
         log(f"  epoch {epoch + 1:>2}  loss {result.losses[-1]:.4f}  val NDCG@10 {100 * val:.2f}%  "
             f"lr {optimizer.param_groups[0]['lr']:.2e}")
         if val > best:

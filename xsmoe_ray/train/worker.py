@@ -144,7 +144,7 @@ def run_one_window(cfg: ExperimentConfig, raw: XSMoE, stream, n_items: int, w: i
         "hr10": test.hr if test else None, "ndcg10": test.ndcg_mean if test else None,
         "pop_hr10": popular.hr if popular else None, "pop_ndcg10": popular.ndcg_mean if popular else None,
         "val_ndcg10": result.best_val_ndcg, "epochs": result.epochs, "seconds": result.seconds,
-        "steps": result.steps, "train_s": result.train_seconds,
+        "steps": result.steps, "train_s": result.train_seconds, "val_s": result.val_seconds,
         "experts": experts_per_layer(raw), "pruned": {m: {str(k): v for k, v in d.items()} for m, d in removed.items()},
         "mp_mb": params["total_mb"], "trp_mb": params["trainable_mb"],
         "utilization": utilization, "router": router,
