@@ -96,6 +96,19 @@ def test_new_expert_share_sets_its_initial_router_share(share):
     assert torch.equal(layer.router.proj.weight[:-1], old_rows)  # only the new row's bias moves
 
 
+def test_last_init_copies_the_newest_expert_and_keeps_the_output():
+    layer = grown_layer(3)
+    h, l = torch.randn(5, D), torch.randn(5, D)
+    before = layer(h, l).detach()
+    newest = {k: v.clone() for k, v in layer.experts[-1].state_dict().items()}
+    layer.expand(init="last")
+    assert layer.frozen == [True, True, True, False]
+    assert all(torch.equal(v, newest[k]) for k, v in layer.experts[-1].state_dict().items())
+    assert torch.equal(layer.router.proj.weight[-1], layer.router.proj.weight[-2])
+    assert torch.equal(layer.router.proj.bias[-1], layer.router.proj.bias[-2])
+    assert torch.allclose(layer(h, l), before, atol=1e-5)  # the copy splits the newest expert's share
+
+
 def test_new_expert_share_out_of_range_is_refused():
     with pytest.raises(ValueError, match="new_share"):
         grown_layer(1).expand(1.0)

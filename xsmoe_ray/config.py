@@ -127,12 +127,17 @@ class ModelConfig:
         "help": "'layer': standardise each cached layer with D_0 items' mean and scale (fixed at warm-up); 'none'"})
     new_expert_share: float = field(default=0.0, metadata={
         "help": "router share of the experts' mass a new expert starts with (0: the paper's mean row, 1/(N+1))"})
+    new_expert_init: str = field(default="mean", metadata={
+        "help": "a new expert's weights and router row: 'mean' of the layer's experts (paper) or 'last' (a copy of "
+                "the newest expert, output unchanged at expansion)"})
 
     def __post_init__(self) -> None:
         _require(self.variant in VARIANTS, f"model.variant must be one of {VARIANTS}, got {self.variant!r}")
         _require(self.d_prime >= 1 and self.layers_per_group >= 1, "model.d_prime and model.layers_per_group must be >= 1")
         _require(0.0 <= self.tau < 1.0, "model.tau must be in [0, 1)")
         _require(0.0 <= self.new_expert_share < 1.0, "model.new_expert_share must be in [0, 1)")
+        _require(self.new_expert_init in ("mean", "last"),
+                 f"model.new_expert_init must be 'mean' or 'last', got {self.new_expert_init!r}")
         _require(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
         _require(self.feature_norm in ("none", "layer"), f"model.feature_norm must be 'none' or 'layer', got {self.feature_norm!r}")
 

@@ -13,6 +13,8 @@ an offset of ``log(s N / (1 - s))`` gives the new expert the share ``s`` of the 
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -40,12 +42,16 @@ class Router(nn.Module):
         self.proj = proj
 
     @torch.no_grad()
-    def add_output(self, logit_offset: float = 0.0) -> None:
-        """Append one output (for a new expert), initialised to the mean of the expert rows 1..N, its
-        bias raised by ``logit_offset``."""
-        w, b = self.proj.weight, self.proj.bias
-        self._replace(torch.cat([w, w[1:].mean(0, keepdim=True)]),
-                      torch.cat([b, b[1:].mean(0, keepdim=True) + logit_offset]))
+    def add_output(self, logit_offset: float = 0.0, copy_of: int | None = None) -> None:
+        """Append one output (for a new expert): the mean of the expert rows 1..N, or a copy of row
+        ``copy_of`` (both then with the original's bias - log 2, so they split its weight); its bias
+        raised by ``logit_offset``."""
+        w, b = self.proj.weight, self.proj.bias.clone()
+        if copy_of is not None:  # the copy and its original halve their logits' mass: softmax unchanged
+            b[copy_of] -= math.log(2.0)
+        rows = slice(1, None) if copy_of is None else slice(copy_of, copy_of + 1)
+        self._replace(torch.cat([w, w[rows].mean(0, keepdim=True)]),
+                      torch.cat([b, b[rows].mean(0, keepdim=True) + logit_offset]))
 
     @torch.no_grad()
     def remove_output(self, index: int) -> None:

@@ -41,6 +41,9 @@ from .expert import Expert
 from .router import Router
 
 
+EXPERT_INITS = ("mean", "last")
+
+
 def _cat(tensors: list[torch.Tensor], dim: int = 0) -> torch.Tensor:
     return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim)
 
@@ -145,21 +148,26 @@ class SideLayer(nn.Module):
             if not frozen:
                 yield from expert.parameters()
 
-    def expand(self, new_share: float = 0.0) -> None:
-        """Freeze every expert, append one initialised to their mean, append a router output (§4.2).
+    def expand(self, new_share: float = 0.0, init: str = "mean") -> None:
+        """Freeze every expert, append a new one and its router output (§4.2).
 
+        ``init='mean'`` (the paper): weights and router row are the mean of the existing experts'.
+        ``init='last'``: a copy of the newest expert (the one trained in the last window) and of its
+        router row; the two then split that expert's share, so the layer's output is unchanged.
         ``new_share`` in (0, 1): the new output's logit is raised so that, where the old experts' logits
         equal their mean, the new expert takes that share of the experts' router mass; 0 leaves it at
         the mean logit (1/(N+1) of that mass), as the paper's mean initialisation implies.
         """
         if not 0.0 <= new_share < 1.0:
             raise ValueError(f"new_share must be in [0, 1), got {new_share}")
+        if init not in EXPERT_INITS:
+            raise ValueError(f"init must be one of {EXPERT_INITS}, got {init!r}")
         offset = math.log(new_share * self.n_experts / (1.0 - new_share)) if new_share > 0 else 0.0
-        new = Expert.mean_of(list(self.experts))
+        new = Expert.mean_of(list(self.experts) if init == "mean" else [self.experts[-1]])
         self.frozen = [True] * self.n_experts + [False]
         self._frozen_cache = None
         self.experts.append(new)
-        self.router.add_output(offset)
+        self.router.add_output(offset, copy_of=None if init == "mean" else self.n_experts - 1)
         self.reset_utilization()
 
     def remove_expert(self, j: int) -> None:
@@ -216,9 +224,9 @@ class SideNetwork(nn.Module):
         for layer in self.layers:
             yield from layer.trainable_parameters()
 
-    def expand(self, new_share: float = 0.0) -> None:
+    def expand(self, new_share: float = 0.0, init: str = "mean") -> None:
         for layer in self.layers:
-            layer.expand(new_share)
+            layer.expand(new_share, init)
 
     def structure(self) -> list[list[bool]]:
         """Per layer, one frozen flag per expert."""

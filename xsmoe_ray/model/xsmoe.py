@@ -66,7 +66,7 @@ class XSMoE(nn.Module):
 
     def __init__(self, *, variant: str, dims: dict[str, int], n_groups: int, d_prime: int, embed_dim: int,
                  max_len: int, seq_blocks: int, seq_heads: int, dropout: float, kd_weight: float = 1.0,
-                 feature_norm: str = "none", new_expert_share: float = 0.0) -> None:
+                 feature_norm: str = "none", new_expert_share: float = 0.0, new_expert_init: str = "mean") -> None:
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; variants: {sorted(VARIANTS)}")
@@ -79,7 +79,7 @@ class XSMoE(nn.Module):
         self.args = dict(variant=variant, dims={m: int(dims[m]) for m in self.modalities}, n_groups=n_groups,
                          d_prime=d_prime, embed_dim=embed_dim, max_len=max_len, seq_blocks=seq_blocks,
                          seq_heads=seq_heads, dropout=dropout, kd_weight=kd_weight, feature_norm=feature_norm,
-                         new_expert_share=new_expert_share)
+                         new_expert_share=new_expert_share, new_expert_init=new_expert_init)
         self.n_groups, self.max_len, self.kd_weight = n_groups, max_len, kd_weight
         self.sides = nn.ModuleDict(
             {m: SideNetwork(dims[m], d_prime, n_groups) for m in self.modalities} if self.spec.side else {})
@@ -225,7 +225,7 @@ class XSMoE(nn.Module):
         if not (self.spec.expandable and self.spec.side):
             return False
         for side in self.sides.values():
-            side.expand(self.args["new_expert_share"])
+            side.expand(self.args["new_expert_share"], self.args["new_expert_init"])
         self.mark_trainable()
         return True
 
@@ -316,7 +316,7 @@ class XSMoE(nn.Module):
 def build_model(variant: str, *, text_dim: int | None, image_dim: int | None, n_groups: int, d_prime: int,
                 embed_dim: int, max_len: int, seq_blocks: int, seq_heads: int, dropout: float,
                 modalities: tuple[str, ...] = ("image", "text"), kd_weight: float = 1.0,
-                feature_norm: str = "none", new_expert_share: float = 0.0) -> XSMoE:
+                feature_norm: str = "none", new_expert_share: float = 0.0, new_expert_init: str = "mean") -> XSMoE:
     """The model of a variant over the modalities the dataset has (``modalities``).
 
     Single-modality variants need their modality; every other variant uses all available ones
@@ -339,4 +339,4 @@ def build_model(variant: str, *, text_dim: int | None, image_dim: int | None, n_
     return XSMoE(variant=variant, dims={m: int(sizes[m]) for m in used}, n_groups=n_groups, d_prime=d_prime,
                  embed_dim=embed_dim, max_len=max_len, seq_blocks=seq_blocks, seq_heads=seq_heads,
                  dropout=dropout, kd_weight=kd_weight, feature_norm=feature_norm,
-                 new_expert_share=new_expert_share)
+                 new_expert_share=new_expert_share, new_expert_init=new_expert_init)

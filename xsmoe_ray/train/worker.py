@@ -50,7 +50,8 @@ def new_model(cfg: ExperimentConfig, features: dict[str, torch.Tensor]) -> XSMoE
                        n_groups=n_groups, d_prime=cfg.model.d_prime, embed_dim=cfg.model.embed_dim,
                        max_len=cfg.data.max_len, seq_blocks=cfg.model.seq_blocks, seq_heads=cfg.model.seq_heads,
                        dropout=cfg.model.dropout, modalities=tuple(features), kd_weight=cfg.model.kd_weight,
-                       feature_norm=cfg.model.feature_norm, new_expert_share=cfg.model.new_expert_share)
+                       feature_norm=cfg.model.feature_norm, new_expert_share=cfg.model.new_expert_share,
+                       new_expert_init=cfg.model.new_expert_init)
 
 
 def warm_up_items(stream) -> torch.Tensor:
