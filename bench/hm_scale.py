@@ -22,6 +22,10 @@ process and every process below it (the local Ray's raylet, GCS and Train worker
   cases and the utilization pass over D_0's rows, as a real window does, at the preset's model
   dims. ``step_ms`` is the step loop's time per step; ``epoch_s_est`` = step_ms × D_0's global
   batches per epoch, and the stream's mean epoch is estimated the same way from every window's rows.
+* ``flops``: matmul and attention FLOPs (``FlopCounterMode``, as ``bench/train_step.py``) of one
+  optimizer step on D_0's first 256 rows at the preset's dims with 1 and with 10 experts per side
+  layer, of the item table over 105,542 items, and of one evaluation case (user encoder + its
+  scores against 105,542 candidates): the counts the README's cluster estimates are built from.
 * ``eval``: in one process, the item table and the full-ranking evaluation of the last test chunk
   (D_9) against every catalogue item (105,542; the protocol's candidates, the items seen so far,
   are fewer after 10-core here) with ``evaluate_cases``, all its cases unless
@@ -49,7 +53,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(Path(__file__).resolve().parent)]
 
-STAGES = ("data", "prepare", "cache", "load", "train", "eval")
+STAGES = ("data", "prepare", "cache", "load", "train", "eval", "flops")
 LAYERS, DIM = 12, 768  # BERT-base / ViT-base: 12 layers + the embedding output, width 768
 BLOCK = 4096  # items per cache write
 
@@ -219,6 +223,49 @@ def stage_eval(d: Path, args) -> dict:
             "threads": torch.get_num_threads()}
 
 
+def stage_flops(d: Path, args) -> dict:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from xsmoe_ray.cache import load_grouped
+    from xsmoe_ray.prepared import load_prepared
+    from xsmoe_ray.train.data import window_data
+    from xsmoe_ray.train.window import _step
+    from xsmoe_ray.train.worker import new_model
+
+    def flops(fn) -> int:
+        # in-place addmm_ (the side layer's up-projection) has no formula in FlopCounterMode
+        mapping = {torch.ops.aten.addmm_: lambda self_shape, a, b, *rest, **kw: 2 * a[0] * a[1] * b[1]}
+        with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+            fn()
+        return counter.get_total_flops()
+
+    cfg = hm_config(d)
+    prepared = load_prepared(d / "prepared")
+    data = window_data(prepared.stream, 0, prepared.n_items)
+    batch = torch.from_numpy(data.train_rows[: cfg.train.batch_size])
+    log_pop = torch.from_numpy(data.log_pop)
+    features = load_grouped(d / "cache", cfg.model.layers_per_group)
+    out, cpu = {}, torch.device("cpu")
+    for experts in (1, 10):
+        torch.manual_seed(0)
+        model = new_model(cfg, features)
+        model.set_item_features(features)
+        for _ in range(experts - 1):
+            model.expand()
+        opt = torch.optim.Adam(list(model.trainable_parameters()), lr=1e-3)
+        out[f"step_gflop_n{experts}"] = flops(lambda: _step(model, opt, None, batch, log_pop, cpu, "full")) / 1e9
+    model.eval()
+    candidates = torch.arange(1, prepared.n_items + 1)
+    with torch.inference_mode():
+        out["table_gflop"] = flops(lambda: model.item_embeddings(candidates, chunk_size=8192)) / 1e9
+        table = model.item_embeddings(candidates, chunk_size=8192).float()
+        ctx = torch.from_numpy(data.val.contexts[:1024])
+        out["case_mflop"] = flops(lambda: model.user_embedding(ctx).float() @ table.T) / 1e6 / len(ctx)
+    out["unique_items_first_batch"] = int(torch.unique(batch[:, :-1]).numel())
+    return out
+
+
 # ------------------------------------------------------------------------------------------ driver
 
 def _tree_rss(root_pid: int) -> tuple[int, int, dict[int, tuple[int, int, str]]]:
@@ -263,8 +310,8 @@ def run_stage(name: str, d: Path, args) -> dict:
         total, anon, procs = _tree_rss(proc.pid)
         peak_sum, peak_anon = max(peak_sum, total), max(peak_anon, anon)
         for pid, (rss, a, c) in procs.items():
-            old = per_pid.get(pid, (0, 0, c))
-            per_pid[pid] = (max(old[0], rss), max(old[1], a), c)
+            old = per_pid.get(pid, (0, 0, c))  # a Ray worker renames itself once; an exiting one reads ''
+            per_pid[pid] = (max(old[0], rss), max(old[1], a), old[2] if "ray::" in old[2] or not c else c)
         time.sleep(0.25)
     if proc.returncode != 0 or not out.is_file():
         sys.exit(f"[hm_scale] stage {name} failed (exit {proc.returncode})")
@@ -301,7 +348,7 @@ def record(r: dict, command: str, total_s: float) -> None:
         "## Full-H&M scale rehearsal (`bench/hm_scale.py`, issue 12)",
         "",
         f"Command: `{command}` on this 2-core, 24 GiB machine, no GPU (measured {time.strftime('%Y-%m-%d')}; "
-        f"whole run {total_s / 60:.1f} min). Each stage in a fresh process; peak RSS is the largest sum over the "
+        f"all stages {total_s / 60:.1f} min). Each stage in a fresh process; peak RSS is the largest sum over the "
         "stage's process tree (driver, raylet, GCS, Ray workers), sampled every 0.25 s.",
         "",
         "| stage | what | time | peak RSS (tree) GiB |",
@@ -358,18 +405,20 @@ def main() -> None:
         (d / f"stage_{args.stage}.json").write_text(json.dumps(result))
         return
     t0 = time.perf_counter()
-    results = {}
+    saved = d / "hm_scale.json"
+    results = json.loads(saved.read_text()) if saved.is_file() else {}  # a partial rerun updates its stages
     for name in args.stages.split(","):
         if name not in STAGES:
             p.error(f"unknown stage {name!r}; stages: {','.join(STAGES)}")
         results[name] = run_stage(name, d, args)
-    total_s = time.perf_counter() - t0
-    (d / "hm_scale.json").write_text(json.dumps(results, indent=1))
+    total_s = sum(r.get("stage_wall_s", 0.0) for r in results.values())
+    saved.write_text(json.dumps(results, indent=1))
     if not args.no_docs:
         extra = "".join(f" --{k.replace('_', '-')} {v}" for k, v in
                         (("steps", args.steps), ("eval_cases", args.eval_cases)) if v != p.get_default(k))
         record(results, f"python bench/hm_scale.py{extra}", total_s)
-    print(f"[hm_scale] all stages in {total_s / 60:.1f} min")
+    print(f"[hm_scale] stages {args.stages} in {(time.perf_counter() - t0) / 60:.1f} min; all recorded stages "
+          f"{total_s / 60:.1f} min")
     print(summary_line(results))
 
 

@@ -244,3 +244,17 @@ def test_ranks_replay_different_rows_and_keep_equal_generators():
     for buf in (a, b):
         buf.add(torch.arange(1, 601).view(100, 6))
     assert torch.equal(a.mix(batch)[8:], b.sample(4))
+
+
+def test_user_embedding_from_known_item_rows_matches_the_item_tower():
+    model = make("xsmoe").eval()
+    context = batch(4)[:, :-1]
+    with torch.no_grad():
+        want = model.user_embedding(context)
+        full = model.item_embeddings(torch.arange(model.n_item_rows))
+        have = torch.ones(model.n_item_rows, dtype=torch.bool)
+        assert torch.allclose(model.user_embedding(context, (full, have)), want, atol=1e-5)
+        # rows not known (here every odd id) go through the item tower instead of the stale table
+        have[1::2] = False
+        stale = torch.where(have[:, None], full, torch.full_like(full, 1e6))
+        assert torch.allclose(model.user_embedding(context, (stale, have)), want, atol=1e-5)

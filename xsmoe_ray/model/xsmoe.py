@@ -159,9 +159,28 @@ class XSMoE(nn.Module):
         ids, index = batch_candidates(seq_ids)
         return self._states(self.item_embeddings(ids), index)
 
-    def user_embedding(self, context: torch.Tensor) -> torch.Tensor:
-        """``[B, L]`` left-padded context → ``[B, D]``, the state at the last position."""
-        return self.user_states(context)[:, -1]
+    def user_embedding(self, context: torch.Tensor, known: tuple[torch.Tensor, torch.Tensor] | None = None
+                       ) -> torch.Tensor:
+        """``[B, L]`` left-padded context → ``[B, D]``, the state at the last position.
+
+        ``known = (table [n_items+1, D], have [n_items+1] bool)``: item embeddings already computed
+        (an evaluation's candidate table, by item id); only context items without one go through
+        the item tower.
+        """
+        if known is None:
+            return self.user_states(context)[:, -1]
+        table, have = known
+        ids, index = batch_candidates(context)
+        emb = table[ids]
+        missing = ~have[ids]
+        if bool(missing.any()):
+            emb[missing] = self.item_embeddings(ids[missing]).to(emb.dtype)
+        return self._states(emb, index)[:, -1]
+
+    @property
+    def n_item_rows(self) -> int:
+        """Rows of the cached features: ``n_items + 1`` (row 0 = padding)."""
+        return int(next(iter(self._features().values())).shape[0])
 
     def score_all(self, context: torch.Tensor, candidate_ids: torch.Tensor) -> torch.Tensor:
         """Full ranking: ``[B, L]`` contexts against ``[C]`` candidates → scores ``[B, C]`` (Eq. 7).
