@@ -24,7 +24,7 @@ process and every process below it (the local Ray's raylet, GCS and Train worker
   batches per epoch, and the stream's mean epoch is estimated the same way from every window's rows.
 * ``flops``: matmul and attention FLOPs (``FlopCounterMode``, as ``bench/train_step.py``) of one
   optimizer step on D_0's first 256 rows at the preset's dims with 1 and with 10 experts per side
-  layer, of the item table over 105,542 items, and of one evaluation case (user encoder + its
+  layer, of the item table over 105,542 items (10 experts), and of one evaluation case (user encoder + its
   scores against 105,542 candidates): the counts the README's cluster estimates are built from.
 * ``eval``: in one process, the item table and the full-ranking evaluation of the last test chunk
   (D_9) against every catalogue item (105,542; the protocol's candidates, the items seen so far,
@@ -231,7 +231,7 @@ def stage_flops(d: Path, args) -> dict:
     from xsmoe_ray.prepared import load_prepared
     from xsmoe_ray.train.data import window_data
     from xsmoe_ray.train.window import _step
-    from xsmoe_ray.train.worker import new_model
+    from xsmoe_ray.train.worker import new_model, warm_up_items
 
     def flops(fn) -> int:
         # in-place addmm_ (the side layer's up-projection) has no formula in FlopCounterMode
@@ -251,17 +251,20 @@ def stage_flops(d: Path, args) -> dict:
         torch.manual_seed(0)
         model = new_model(cfg, features)
         model.set_item_features(features)
+        model.fit_feature_norm(warm_up_items(prepared.stream))
         for _ in range(experts - 1):
             model.expand()
         opt = torch.optim.Adam(list(model.trainable_parameters()), lr=1e-3)
         out[f"step_gflop_n{experts}"] = flops(lambda: _step(model, opt, None, batch, log_pop, cpu, "full")) / 1e9
     model.eval()
     candidates = torch.arange(1, prepared.n_items + 1)
-    with torch.inference_mode():
-        out["table_gflop"] = flops(lambda: model.item_embeddings(candidates, chunk_size=8192)) / 1e9
-        table = model.item_embeddings(candidates, chunk_size=8192).float()
+    with torch.inference_mode():  # the model has 10 experts per side layer here (the stream's end)
+        out["table_gflop_n10"] = flops(lambda: model.item_embeddings(candidates, chunk_size=8192)) / 1e9
+        table = model.item_embeddings(candidates, chunk_size=8192)
+        by_id = torch.cat([torch.zeros(1, table.shape[1]), table])  # candidates are every item id here
+        known = (by_id, torch.ones(len(by_id), dtype=torch.bool))
         ctx = torch.from_numpy(data.val.contexts[:1024])
-        out["case_mflop"] = flops(lambda: model.user_embedding(ctx).float() @ table.T) / 1e6 / len(ctx)
+        out["case_mflop"] = flops(lambda: model.user_embedding(ctx, known).float() @ table.T) / 1e6 / len(ctx)
     out["unique_items_first_batch"] = int(torch.unique(batch[:, :-1]).numel())
     return out
 
@@ -367,8 +370,14 @@ def record(r: dict, command: str, total_s: float) -> None:
         f"{g('eval', 'candidates', '{:,}')} candidates, item table {g('eval', 'table_s')} s | "
         f"{g('eval', 'eval_cases_per_s', '{:,.0f}')} cases/s | {g('eval', 'peak_rss_gb', '{:.2f}')} |",
         "",
-        f"* **Per training worker (host):** peak RSS {', '.join(f'{w:.2f}' for w in tr.get('worker_peak_rss_gb', [])) or '-'} GiB "
-        "(each Ray Train worker process, measured).",
+        f"* **Per training worker (host):** peak RSS {', '.join(f'{w:.2f}' for w in tr.get('worker_peak_rss_gb', [])) or '-'} GiB, "
+        f"of which private (anonymous) {', '.join(f'{w:.2f}' for w in tr.get('worker_peak_anon_gb', [])) or '-'} GiB "
+        "(each Ray Train worker process, measured: the prepared stream, the grouped cache, model, optimizer).",
+        f"* **FLOPs** (`FlopCounterMode`, matmuls and attention): one optimizer step of 256 D_0 rows "
+        f"{g('flops', 'step_gflop_n1', '{:.2f}')} GFLOP with 1 expert per side layer, "
+        f"{g('flops', 'step_gflop_n10', '{:.2f}')} GFLOP with 10; the item table of 105,542 items with 10 experts "
+        f"{g('flops', 'table_gflop_n10', '{:.0f}')} GFLOP; one evaluation case {g('flops', 'case_mflop', '{:.1f}')} MFLOP "
+        "(user encoder from the table + 105,542 scores).",
         f"* **Epoch estimates** (2 CPU workers here): D_0 has {g('train', 'd0_rows', '{:,}')} training rows → "
         f"{g('train', 'epoch_s_est', '{:.0f}')} s per epoch; the mean window → {g('train', 'mean_epoch_s_est', '{:.0f}')} s.",
         f"* **Evaluation:** {g('eval', 'eval_cases_per_s', '{:,.0f}')} cases/s against `torch.mm` at the same shapes "
