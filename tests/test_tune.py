@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -264,8 +269,8 @@ def test_train_inside_a_trial_and_its_resume_keep_every_window(tmp_path, shared_
     """resources.workers = 2: each trial drives a 2-worker TorchTrainer and Tune gets its reports.
 
     The trial fails at window 1 (no retries), then the sweep is run again: the Train run resumes
-    after window 0, and the trial's results still hold every window. (Issue 11 reports windows lost
-    when the sweep *driver* is killed mid-trial; that case is not reproduced here.)"""
+    after window 0, and the trial's results still hold every window. (The sweep *driver* killed
+    mid-trial is the next test.)"""
     path = write_sweep(tmp_path, "ddp", overrides=shared_data + ["train.max_failures=0"], search={"model.tau": 0.0},
                        resources={"cpu": 0.5, "workers": 2}, max_concurrent_trials=1)
     out = tmp_path / "out"
@@ -281,3 +286,36 @@ def test_train_inside_a_trial_and_its_resume_keep_every_window(tmp_path, shared_
     rows = result_rows(out / "ray" / "drift" / f"trial_{rec.trial}")
     assert any("checkpoint_path" in r for r in rows)  # forwarded by TuneReportCallback from the Train run
     assert (out / "train" / "drift").is_dir()
+
+
+def test_a_killed_sweep_driver_loses_no_window_of_a_train_inside_trial(tmp_path, shared_data, ray_session):
+    """Issue 11.1: the sweep process is SIGKILLed while its workers: 2 trial runs window 1, then the
+    same sweep is run again. Tune holds no checkpoint of such a trial and starts it afresh, while its
+    Train run resumes after window 0: the trial's results must still hold windows 0, 1 and 2."""
+    path = write_sweep(tmp_path, "ddp", overrides=shared_data, search={"model.tau": 0.0},
+                       resources={"cpu": 0.5, "workers": 2}, max_concurrent_trials=1)
+    out, held = tmp_path / "out", tmp_path / "held"
+    code = ("from xsmoe_ray.sweep_spec import load_sweep; from xsmoe_ray.tune import run_sweep; "
+            f"run_sweep(load_sweep({str(path)!r}, ['run.out={out}']), "
+            f"extra={{'hold_at_window': 1, 'hold_marker': {str(held)!r}}})")
+    log = (tmp_path / "killed_sweep.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)  # its own process group: the driver and its local Ray
+    try:
+        deadline = time.monotonic() + 300
+        while not (held.is_file() and _reported_windows(out) >= 1):  # window 0 reached Tune; window 1 started
+            assert proc.poll() is None, (tmp_path / "killed_sweep.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the held sweep never reached window 1"
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the group this test started, by its id
+        proc.wait()
+    (rec,) = run_sweep(load_sweep(path, [f"run.out={out}"]))
+    assert rec.status == "complete" and [w["window"] for w in rec.windows] == [0, 1, 2]
+    assert load_records(out)[rec.trial]["status"] == "complete"
+    rows = result_rows(out / "ray" / "drift" / f"trial_{rec.trial}")
+    assert sorted({r["window"] for r in rows}) == [0, 1, 2]
+
+
+def _reported_windows(out: Path) -> int:
+    return max((len(result_rows(d)) for d in (out / "ray" / "drift").glob("trial_*")), default=0)

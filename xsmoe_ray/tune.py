@@ -18,7 +18,8 @@ trial. One trial is one whole streaming run (paper Algorithm 1, ``xsmoe_ray.trai
    holding only 0.1 CPU itself (RAY_NOTES.md, "Ray Tune").
 3. Every window reports its metrics with ``window`` as ASHA's time attribute, and a checkpoint.
    Re-running the same command resumes the sweep (``Tuner.restore``, errored trials resumed from
-   their last checkpoint); finished trials are not run again.
+   their last checkpoint); finished trials are not run again. A Train-inside-trial restarted by Tune
+   first re-reports the windows its Train run had finished (:func:`finished_window_metrics`).
 4. Outputs (:mod:`xsmoe_ray.sweep_report`): ``trials.csv``, ``sweep.md``, ``best/<dataset>.yaml``,
    ``tau_sensitivity.png``.
 """
@@ -122,13 +123,16 @@ def train_trial(params: dict, job: TrialJob) -> None:
     from xsmoe_ray.train.worker import train_loop_per_worker
 
     config = loop_config(job, params)
+    name = tune.get_context().get_trial_id()
+    for metrics in finished_window_metrics(Path(job.train_storage) / name):
+        tune.report(metrics)
     per_worker = {"CPU": job.cpu, **({"GPU": job.gpu} if job.gpu > 0 else {})}
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=job.workers, use_gpu=job.gpu > 0, resources_per_worker=per_worker),
         run_config=RunConfig(
-            name=tune.get_context().get_trial_id(),
+            name=name,
             storage_path=job.train_storage,
             failure_config=FailureConfig(max_failures=config["cfg"]["train"]["max_failures"]),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
@@ -136,6 +140,30 @@ def train_trial(params: dict, job: TrialJob) -> None:
         ),
     )
     trainer.fit()
+
+
+def finished_window_metrics(train_run: Path) -> list[dict]:
+    """The windows a trial's Train run has already finished, as it reported them, in order.
+
+    Tune holds no checkpoint of a Train-inside-trial (``TuneReportCallback`` forwards metrics only),
+    so after the sweep driver dies Tune starts such a trial afresh while its Train run resumes from
+    its own latest registered checkpoint; re-reporting those windows first keeps every window in
+    the trial's results and in front of the scheduler. A window Tune already holds (an errored
+    trial resumed) is then reported twice, identically, and ``record_rows`` keeps one.
+    """
+    from ray.train import Result
+
+    from xsmoe_ray.stream import history_of
+    from xsmoe_ray.train.worker import window_metrics
+
+    if not train_run.is_dir():
+        return []
+    try:
+        result = Result.from_path(str(train_run))
+    except RuntimeError:  # no checkpoint registered yet
+        return []
+    history = history_of(result)
+    return [window_metrics(row, history[: k + 1]) for k, row in enumerate(history)]
 
 
 def trainable_for(job: TrialJob):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -75,7 +76,13 @@ def reduced_utilization(model: XSMoE) -> dict[str, torch.Tensor]:
 
 
 def maybe_fail(config: dict, window: int) -> None:
-    """Test-only switch: crash this worker once, at the start of ``fail_at_window``."""
+    """Test-only switches: crash this worker once at the start of ``fail_at_window``; or, once, hold
+    rank 0 at the start of ``hold_at_window`` (``hold_marker`` written, then a long sleep) so that a
+    test can kill the driver mid-run."""
+    hold_at, held = config.get("hold_at_window"), config.get("hold_marker")
+    if hold_at is not None and window == hold_at and held and not Path(held).exists() and rank_and_world()[0] == 0:
+        Path(held).write_text(f"holding at window {window}\n")
+        time.sleep(600)
     fail_at, marker = config.get("fail_at_window"), config.get("fail_marker")
     if fail_at is None or window != fail_at or not marker or Path(marker).exists():
         return
@@ -160,12 +167,18 @@ def run_one_window(cfg: ExperimentConfig, raw: XSMoE, stream, n_items: int, w: i
     return row
 
 
-def _report(report: ReportFn, row: dict, state: WindowState, config: dict, rank: int) -> None:
-    # Per-expert utilization and router weights stay in the checkpoint's history (history.json), out of
-    # the metrics Ray logs and Tune tabulates.
+def window_metrics(row: dict, history: list[dict]) -> dict:
+    """What a window reports to Ray: its row without the per-expert utilization and router weights
+    (those stay in the checkpoint's history, history.json), plus the mean test metrics of ``history``
+    (the windows so far, this one included)."""
     metrics = {k: v for k, v in row.items() if v is not None and k not in ("utilization", "router")}
-    metrics["mean_test_ndcg10"] = _mean([r["ndcg10"] for r in state.history if r.get("ndcg10") is not None])
-    metrics["mean_test_hr10"] = _mean([r["hr10"] for r in state.history if r.get("hr10") is not None])
+    metrics["mean_test_ndcg10"] = _mean([r["ndcg10"] for r in history if r.get("ndcg10") is not None])
+    metrics["mean_test_hr10"] = _mean([r["hr10"] for r in history if r.get("hr10") is not None])
+    return metrics
+
+
+def _report(report: ReportFn, row: dict, state: WindowState, config: dict, rank: int) -> None:
+    metrics = window_metrics(row, state.history)
     if rank != 0:
         report(metrics, None)
         return
