@@ -108,8 +108,8 @@ def fit_table(runs: dict[str, list[dict]]) -> str:
 def selection_table(roots: list[Path]) -> str:
     """Default-choosing runs: one row per root, its overrides, val NDCG@10 (windows 0-8) — and test
     AVG shown only for the record, never used for the choice."""
-    lines = ["| overrides | variant, seed | val NDCG@10, mean of windows 0-8 (%) | (test AVG NDCG@10, not used) |",
-             "|---|---|---:|---:|"]
+    lines = ["| preset | overrides | variant, seed | val NDCG@10, mean of windows 0-8 (%) | (test AVG NDCG@10, not used) |",
+             "|---|---|---|---:|---:|"]
     for root in roots:
         study = json.loads((root / "study.json").read_text()) if (root / "study.json").exists() else {}
         runs = load_runs(root, VARIANTS, range(10))
@@ -117,8 +117,10 @@ def selection_table(roots: list[Path]) -> str:
             for r in rs:
                 val = np.mean([100 * w["val_ndcg10"] for w in r["history"]])
                 test = per_window([r], "ndcg10")[1].mean()
-                sets = " ".join(o for o in study.get("overrides", []) if not o.startswith(("data.path", "backbone.text")))
-                lines.append(f"| `{sets}` | {v}, {r['seed']} | {val:.2f} | ({test:.2f}) |")
+                sets = " ".join(o for o in study.get("overrides", [])
+                                if not o.startswith(("data.path", "backbone.text", "cache.dir")))  # where, not what
+                sets = f"`{sets}`" if sets else "(defaults)"
+                lines.append(f"| {study.get('config', '?')} | {sets} | {v}, {r['seed']} | {val:.2f} | ({test:.2f}) |")
     return "\n".join(lines) + "\n"
 
 
@@ -154,9 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     parts = [args.header.read_text() if args.header else "# Results\n"]
     if args.selection:
-        parts += ["## Choosing the defaults (validation only)", "", selection_table(args.selection)]
+        parts += ["## Choosing settings (validation only)", "", selection_table(args.selection)]
     for spec in args.section:
-        name, root = spec.split("=", 1)
+        name, root = spec.rsplit("=", 1)  # a title may hold "=" (an override), a path does not
         parts.append(section(name, Path(root), args.out.parent))
     parts += ["## Analysis", "", ANALYSIS_BEGIN, kept_analysis(args.out).rstrip("\n"), ANALYSIS_END, ""]
     args.out.write_text("\n".join(parts))
