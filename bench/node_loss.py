@@ -114,6 +114,8 @@ def cache_scenario(cluster, d: Path) -> dict:
 
 
 def train_scenario(cluster, d: Path, kill_window: int) -> dict:
+    import ray
+
     from xsmoe_ray.stream import run
 
     t0 = time.perf_counter()
@@ -131,6 +133,10 @@ def train_scenario(cluster, d: Path, kill_window: int) -> dict:
         node = sorted(n.node_id for n in cluster.worker_nodes)[-1]
         replace_node(cluster, node)
         killed.append(node)
+        time.sleep(20)  # what the cluster offers the restarting worker group once the dead node is noticed
+        alive = [n for n in ray.nodes() if n["Alive"]]
+        print(f"[node_loss] after the kill: {len(alive)} alive nodes, CPUs {ray.cluster_resources().get('CPU')}, "
+              f"available {ray.available_resources().get('CPU')}", flush=True)
 
     killer = threading.Thread(target=kill_worker_node)
     killer.start()
