@@ -313,8 +313,8 @@ def run_stage(name: str, d: Path, args) -> dict:
         total, anon, procs = _tree_rss(proc.pid)
         peak_sum, peak_anon = max(peak_sum, total), max(peak_anon, anon)
         for pid, (rss, a, c) in procs.items():
-            old = per_pid.get(pid, (0, 0, c))  # a Ray worker renames itself once; an exiting one reads ''
-            per_pid[pid] = (max(old[0], rss), max(old[1], a), old[2] if "ray::" in old[2] or not c else c)
+            old = per_pid.get(pid, (0, 0, c))  # a Ray worker is renamed (IDLE → its actor), reads '' on exit
+            per_pid[pid] = (max(old[0], rss), max(old[1], a), old[2] if "RayTrainWorker" in old[2] or not c else c)
         time.sleep(0.25)
     if proc.returncode != 0 or not out.is_file():
         sys.exit(f"[hm_scale] stage {name} failed (exit {proc.returncode})")

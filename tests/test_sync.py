@@ -53,3 +53,45 @@ def test_diverged_ranks_raise_on_every_rank():
     results = run_pair(diverge=True)
     assert {r[0] for r in results.values()} == {"error"}
     assert "differ across ranks" in results[0][1]
+
+
+def _ddp_steps(rank: int, port: int, results):
+    """Each variant under DDP with the project's DDP settings, two steps before and after an
+    expansion: a trainable parameter without a gradient makes the second step raise."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from xsmoe_ray.model import VARIANTS, build_model
+    from xsmoe_ray.train.sync import DDP_KWARGS
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        for variant in sorted(VARIANTS):
+            torch.manual_seed(0)
+            model = build_model(variant, text_dim=6, image_dim=5, n_groups=2, d_prime=3, embed_dim=4, max_len=4,
+                                seq_blocks=1, seq_heads=1, dropout=0.1, feature_norm="layer")
+            model.set_item_features({"text": torch.randn(21, 3, 6), "image": torch.randn(21, 3, 5)})
+            model.fit_feature_norm(torch.arange(1, 21))
+            seq, log_pop = torch.randint(0, 21, (8, 5)), torch.zeros(21)
+            for _ in range(2):  # window 0, then window 1 after expansion / teacher snapshot
+                ddp = DistributedDataParallel(model, **DDP_KWARGS)
+                opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+                for _ in range(2):
+                    opt.zero_grad()
+                    ddp(seq, log_pop)[0].backward()
+                    opt.step()
+                model.begin_window()
+            results[variant] = "ok"
+    except Exception as e:  # reported per variant to the parent
+        results["error"] = f"{variant}: {type(e).__name__}: {e}"
+    finally:
+        dist.destroy_process_group()
+
+
+def test_every_variant_gives_every_trainable_parameter_a_gradient_under_ddp():
+    results = mp.Manager().dict()
+    mp.spawn(_ddp_steps, args=(free_port(), results), nprocs=1)
+    from xsmoe_ray.model import VARIANTS
+
+    assert "error" not in results, results.get("error")
+    assert sorted(results.keys()) == sorted(VARIANTS)

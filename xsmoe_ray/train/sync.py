@@ -35,12 +35,17 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
+DDP_KWARGS = {"find_unused_parameters": False}
+
+
 def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     """Move to the device and wrap in DDP when there are several ranks.
 
-    ``find_unused_parameters`` because a frozen or pruned path can leave a trainable parameter
-    without a gradient in some step (RAY_NOTES.md). Wrapping is collective and broadcasts rank
-    0's weights, so every rank must call it in the same window with the same structure.
+    :data:`DDP_KWARGS`: every trainable parameter of every variant gets a gradient in every step
+    (the router is dense, frozen experts are not trainable, the teacher is outside the DDP module;
+    ``tests/test_sync.py`` checks each variant across an expansion), so DDP skips the extra
+    autograd-graph walk of ``find_unused_parameters=True``. Wrapping is collective and broadcasts
+    rank 0's weights, so every rank must call it in the same window with the same structure.
     """
     model = model.to(device)
     _, world = rank_and_world()
@@ -48,7 +53,7 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
         return model
     from ray.train.torch import prepare_model
 
-    return prepare_model(model, move_to_device=False, parallel_strategy_kwargs={"find_unused_parameters": True})
+    return prepare_model(model, move_to_device=False, parallel_strategy_kwargs=dict(DDP_KWARGS))
 
 
 def parameter_hash(model: nn.Module) -> str:
