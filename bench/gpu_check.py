@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -52,12 +52,11 @@ def peak_gb(device: torch.device) -> float | None:
 
 
 def check_encoder(device: torch.device, n: int) -> dict:
+    from cache_throughput import bert_base_dir  # the BERT-base-sized model of the CPU benchmark
     from xsmoe_ray import backbones
     from xsmoe_ray.cache.build import LayerEncoder, prepare_text
-    from transformers import BertConfig
 
-    path = backbones.write_text_backbone(backbones.demo_root() / "bert-base-random-v1",
-                                         BertConfig(vocab_size=len(backbones.demo_vocab())))
+    path = bert_base_dir()
     rng = np.random.default_rng(0)
     texts = np.array([" ".join(rng.choice(backbones.DEMO_WORDS, 40)) for _ in range(n)], dtype=object)
     encoder = LayerEncoder({"text": str(path)}, str(backbones.demo_root()), poolings={"text": "mean"},

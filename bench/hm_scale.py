@@ -225,7 +225,6 @@ def stage_eval(d: Path, args) -> dict:
 
 def stage_flops(d: Path, args) -> dict:
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     from xsmoe_ray.cache import load_grouped
     from xsmoe_ray.prepared import load_prepared
@@ -233,12 +232,7 @@ def stage_flops(d: Path, args) -> dict:
     from xsmoe_ray.train.window import _step
     from xsmoe_ray.train.worker import new_model, warm_up_items
 
-    def flops(fn) -> int:
-        # in-place addmm_ (the side layer's up-projection) has no formula in FlopCounterMode
-        mapping = {torch.ops.aten.addmm_: lambda self_shape, a, b, *rest, **kw: 2 * a[0] * a[1] * b[1]}
-        with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
-            fn()
-        return counter.get_total_flops()
+    from train_step import count_flops as flops  # the same counter as the step benchmark
 
     cfg = hm_config(d)
     prepared = load_prepared(d / "prepared")

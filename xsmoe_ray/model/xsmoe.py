@@ -154,28 +154,28 @@ class XSMoE(nn.Module):
         items = table[index.clamp_min(0)] * real.unsqueeze(-1).to(table.dtype)  # [B, L, D], zeros at padding
         return self.encoder(items, real)
 
-    def user_states(self, seq_ids: torch.Tensor) -> torch.Tensor:
-        """Left-padded ``[B, L]`` ids → states ``[B, L, D]``; the item tower runs once per unique item."""
-        ids, index = batch_candidates(seq_ids)
-        return self._states(self.item_embeddings(ids), index)
-
-    def user_embedding(self, context: torch.Tensor, known: tuple[torch.Tensor, torch.Tensor] | None = None
-                       ) -> torch.Tensor:
-        """``[B, L]`` left-padded context → ``[B, D]``, the state at the last position.
+    def user_states(self, seq_ids: torch.Tensor, known: tuple[torch.Tensor, torch.Tensor] | None = None
+                    ) -> torch.Tensor:
+        """Left-padded ``[B, L]`` ids → states ``[B, L, D]``; the item tower runs once per unique item.
 
         ``known = (table [n_items+1, D], have [n_items+1] bool)``: item embeddings already computed
-        (an evaluation's candidate table, by item id); only context items without one go through
-        the item tower.
+        (an evaluation's candidate table, by item id); only items without one go through the tower.
         """
+        ids, index = batch_candidates(seq_ids)
         if known is None:
-            return self.user_states(context)[:, -1]
+            return self._states(self.item_embeddings(ids), index)
         table, have = known
-        ids, index = batch_candidates(context)
         emb = table[ids]
         missing = ~have[ids]
         if bool(missing.any()):
             emb[missing] = self.item_embeddings(ids[missing]).to(emb.dtype)
-        return self._states(emb, index)[:, -1]
+        return self._states(emb, index)
+
+    def user_embedding(self, context: torch.Tensor, known: tuple[torch.Tensor, torch.Tensor] | None = None
+                       ) -> torch.Tensor:
+        """``[B, L]`` left-padded context → ``[B, D]``, the state at the last position (``known``: as
+        :meth:`user_states`)."""
+        return self.user_states(context, known)[:, -1]
 
     @property
     def n_item_rows(self) -> int:
