@@ -84,6 +84,30 @@ def test_launcher_passes_ray_validation():
     assert any("--shm-size" in o for o in config["docker"]["run_options"])
 
 
+DLAMI_PARAMETER = "resolve:ssm:/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-"
+
+
+def test_launcher_names_a_maintained_host_image_ray_keeps():
+    """Issue 11: with no ImageId, Ray's own check filled in its built-in table's AMI, an end-of-life
+    "Deep Learning AMI (Ubuntu 18.04)". Every node type now names AWS's public SSM parameter for the
+    current Ubuntu 24.04 GPU base DLAMI, which EC2 resolves at launch, and Ray passes it through."""
+    from ray.autoscaler._private.aws.config import DEFAULT_AMI, DEFAULT_AMI_NAME, _check_ami
+
+    config = load("launcher.yaml")
+    checked = copy.deepcopy(config)
+    _check_ami(checked)  # what `ray up` does before it creates instances
+    for name, node_type in checked["available_node_types"].items():
+        image = node_type["node_config"]["ImageId"]
+        assert image == config["available_node_types"][name]["node_config"]["ImageId"], name
+        assert image.startswith(DLAMI_PARAMETER) and image.endswith("-24.04/latest/ami-id"), (name, image)
+        assert image not in DEFAULT_AMI.values()
+    assert "18.04" in DEFAULT_AMI_NAME  # what a launcher without ImageId would get
+    unset = copy.deepcopy(config)
+    del unset["available_node_types"]["head"]["node_config"]["ImageId"]
+    _check_ami(unset)
+    assert unset["available_node_types"]["head"]["node_config"]["ImageId"] == DEFAULT_AMI[config["provider"]["region"]]
+
+
 def test_runtime_env_is_valid_and_shared_by_the_jobs():
     from ray.runtime_env import RuntimeEnv
 
