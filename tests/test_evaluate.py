@@ -59,6 +59,21 @@ def test_in_place_ranks_keep_pessimistic_ties():
     assert ranks_in_place(scores.clone(), tcol).tolist() == want.tolist() == [1, 3, 3]
 
 
+def test_nan_scores_are_pessimistic_not_a_hit():
+    """A NaN target once ranked -1: a hit with an infinite NDCG gain. A NaN candidate now outranks
+    the target, and a NaN target ranks last, in both rank functions."""
+    from xsmoe_ray.evaluate import ranks_in_place, ranks_of_targets
+
+    nan = float("nan")
+    scores = torch.tensor([[nan, nan, nan, nan], [2.0, nan, 1.0, 0.0], [nan, 1.0, 0.0, 3.0]])
+    tcol = torch.tensor([2, 0, 1])
+    want = ranks_of_targets(scores, tcol)
+    assert ranks_in_place(scores.clone(), tcol).tolist() == want.tolist() == [3, 1, 2]
+    candidates = torch.arange(1, 5)
+    sums = evaluate(lambda c, out: scores[c[:, 0]], torch.arange(3)[:, None], candidates[tcol], candidates, k=1)
+    assert (sums.hits, sums.ndcg, sums.count) == (0.0, 0.0, 3)
+
+
 def test_constant_scores_get_no_credit():
     candidates = torch.arange(1, 21)
     ctx = torch.zeros(4, 2, dtype=torch.long)

@@ -2,7 +2,8 @@
 
 Every case is scored against every candidate item (all items seen so far, DESIGN.md §4); no
 sampled negatives. Ties are broken pessimistically: the target's rank counts every other
-candidate scoring at least as high, so a model that scores everything alike gets no credit.
+candidate scoring at least as high (or NaN), so a model that scores everything alike, or a diverged
+one, gets no credit.
 Masking of the user's history is optional (off by default: repeat purchases are real targets);
 the target itself is never masked.
 
@@ -11,7 +12,7 @@ addition (``all_reduce``) before dividing.
 
 Memory and speed: one ``[batch, C]`` float32 score buffer is allocated per call and reused by every
 batch (a fresh 0.43 GB tensor per 1,024 cases at 105k candidates costs its page faults again each
-time), and ranks are counted in place in it (``ge_`` then a float sum, exact below 2^24 candidates),
+time), and ranks are counted in place in it (``lt_`` then a float sum, exact below 2^24 candidates),
 which is ~3x cheaper on CPU than a separate boolean tensor summed into int64 (docs/BENCHMARKS.md).
 """
 
@@ -53,9 +54,14 @@ class RankingSums:
 
 
 def ranks_of_targets(scores: torch.Tensor, target_col: torch.Tensor) -> torch.Tensor:
-    """0-based pessimistic rank of each row's target. scores [B, C], target_col [B] → [B]."""
+    """0-based pessimistic rank of each row's target. scores [B, C], target_col [B] → [B].
+
+    The rank counts the candidates *not below* the target rather than those ``>=`` it, so a NaN
+    (a diverged model) is pessimistic too: a NaN candidate outranks the target and a NaN target
+    ranks last, instead of ``>=`` being false everywhere and the target ranking -1 (a hit with
+    an infinite gain)."""
     target = scores.gather(1, target_col[:, None])  # [B, 1]
-    return (scores >= target).sum(dim=1) - 1
+    return scores.shape[1] - (scores < target).sum(dim=1) - 1
 
 
 def ranking_sums(ranks: torch.Tensor, k: int) -> RankingSums:
@@ -67,10 +73,10 @@ def ranking_sums(ranks: torch.Tensor, k: int) -> RankingSums:
 def ranks_in_place(scores: torch.Tensor, target_col: torch.Tensor) -> torch.Tensor:
     """:func:`ranks_of_targets`, overwriting ``scores`` [B, C] with 0/1 flags to count them without
     another [B, C] tensor. Float counts are exact below 2^24 candidates; beyond that, a boolean count."""
-    target = scores.gather(1, target_col[:, None])  # [B, 1]
     if scores.shape[1] >= 2**24:
-        return (scores >= target).sum(dim=1) - 1
-    return scores.ge_(target).sum(dim=1).long() - 1
+        return ranks_of_targets(scores, target_col)
+    target = scores.gather(1, target_col[:, None])  # [B, 1]
+    return scores.shape[1] - scores.lt_(target).sum(dim=1).long() - 1
 
 
 @torch.inference_mode()
