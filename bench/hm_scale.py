@@ -348,7 +348,7 @@ def record(r: dict, command: str, total_s: float) -> None:
         f"all stages {total_s / 60:.1f} min). Each stage in a fresh process; peak RSS is the largest sum over the "
         "stage's process tree (driver, raylet, GCS, Ray workers), sampled every 0.25 s. Stages can be rerun "
         "one by one (`--stages`); \"all stages\" sums the recorded stages' wall times. The first run also writes "
-        "the 3.1 GB of CSVs once (the `data` stage, 36 s here).",
+        f"the 3.1 GB of CSVs once (the `data` stage, {g('data', 'data_s', '{:.0f}')} s here).",
         "",
         "| stage | what | time | peak RSS (tree) GiB |",
         "|---|---|---:|---:|",
