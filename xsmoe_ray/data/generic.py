@@ -38,6 +38,7 @@ a quoted value spanning several lines makes later physical line numbers larger t
 
 from __future__ import annotations
 
+import copy
 import csv
 import os
 import re
@@ -116,21 +117,40 @@ def read_csv(path: Path, types: dict[str, pa.DataType], *, optional: Sequence[st
     names = csv_header(path)
     check_columns(path, names, [c for c in types if c not in optional])
     include = [c for c in types if c in names]
+    try:
+        return read_skipping_malformed(path, pacsv.ReadOptions(use_threads=True, block_size=BLOCK_SIZE),
+                                       pacsv.ParseOptions(newlines_in_values=multiline),
+                                       _convert_options(include, types))
+    except pa.ArrowInvalid as e:
+        raise locate_bad_value(path, include, types, multiline, e) from None
+
+
+def read_skipping_malformed(path: Path, read_options: pacsv.ReadOptions, parse_options: pacsv.ParseOptions,
+                            convert_options: pacsv.ConvertOptions) -> tuple[pa.Table, list[str]]:
+    """``pacsv.read_csv``, and the text of every line with the wrong number of fields (skipped).
+
+    The multithreaded read runs without a Python ``invalid_row_handler``: pyarrow releases the
+    handler on one of its pool threads after ``read_csv`` has returned, and when that falls into
+    interpreter exit (a CLI that stops on a bad value right after reading) the thread cannot take
+    the GIL and the process aborts with SIGABRT instead of its exit code (apache/arrow#34314;
+    seen as exit -6 in ~1 of 10 failing ``prepare`` runs on a loaded machine). Only a file that
+    has malformed lines (or a bad value, which the caller then locates) is read again, on the
+    calling thread, with the handler. An ArrowInvalid of that second read propagates.
+    """
+    try:
+        return pacsv.read_csv(path, read_options=read_options, parse_options=parse_options,
+                              convert_options=convert_options), []
+    except pa.ArrowInvalid:
+        pass
     malformed: list[str] = []
 
     def skip(row) -> str:
         malformed.append(row.text)
         return "skip"
 
-    try:
-        table = pacsv.read_csv(
-            path,
-            read_options=pacsv.ReadOptions(use_threads=True, block_size=BLOCK_SIZE),
-            parse_options=pacsv.ParseOptions(newlines_in_values=multiline, invalid_row_handler=skip),
-            convert_options=_convert_options(include, types),
-        )
-    except pa.ArrowInvalid as e:
-        raise locate_bad_value(path, include, types, multiline, e) from None
+    serial, forgiving = copy.copy(read_options), copy.copy(parse_options)
+    serial.use_threads, forgiving.invalid_row_handler = False, skip
+    table = pacsv.read_csv(path, read_options=serial, parse_options=forgiving, convert_options=convert_options)
     return table, malformed
 
 

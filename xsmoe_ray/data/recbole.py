@@ -68,6 +68,7 @@ from xsmoe_ray.data.generic import (
     items_table,
     normalise_space,
     note_malformed,
+    read_skipping_malformed,
     require_file,
     unique_item_rows,
 )
@@ -158,25 +159,17 @@ def require_fields(path: Path, fields: Sequence[tuple[str, str]], required: dict
 def read_tsv(path: Path, fields: Sequence[tuple[str, str]], include: Sequence[str]) -> tuple[pa.Table, list[str]]:
     """Columns ``include`` as bytes (multithreaded); also the text of every line with the wrong
     number of fields (skipped: the caller counts or notes them)."""
-    malformed: list[str] = []
-
-    def skip(row) -> str:
-        malformed.append(row.text)
-        return "skip"
-
     names = [f for f, _ in fields]
     try:
-        table = pacsv.read_csv(
+        return read_skipping_malformed(
             path,
-            read_options=pacsv.ReadOptions(use_threads=True, block_size=BLOCK_SIZE, skip_rows=1, column_names=names),
-            parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False, double_quote=False, escape_char=False,
-                                             newlines_in_values=False, invalid_row_handler=skip),
-            convert_options=pacsv.ConvertOptions(include_columns=list(include),
-                                                 column_types={c: pa.binary() for c in include}),
+            pacsv.ReadOptions(use_threads=True, block_size=BLOCK_SIZE, skip_rows=1, column_names=names),
+            pacsv.ParseOptions(delimiter="\t", quote_char=False, double_quote=False, escape_char=False,
+                               newlines_in_values=False),
+            pacsv.ConvertOptions(include_columns=list(include), column_types={c: pa.binary() for c in include}),
         )
     except pa.ArrowInvalid as e:
         raise DataError(str(path), f"cannot read the tab-separated file: {e}") from None
-    return table, malformed
 
 
 def line_mapper(path: Path, n_fields: int) -> Callable[[int], int]:
