@@ -414,3 +414,10 @@ def test_threaded_csv_reads_carry_no_python_row_handler(tmp_path, monkeypatch):
     table, malformed = generic.read_csv(broken, types)
     assert table.column("user_id").to_pylist() == ["u1", "u3"] and malformed == ["u2,b,extra"]
     assert calls == [(True, False), (False, True)]
+    calls.clear()  # a value that does not convert: no second full read before it is located
+    bad = tmp_path / "bad.csv"
+    bad.write_text("user_id,n\nu1,1\nu2,x\n")
+    with pytest.raises(pa.ArrowInvalid, match="conversion error"):
+        generic.read_skipping_malformed(bad, pacsv.ReadOptions(use_threads=True), pacsv.ParseOptions(),
+                                        pacsv.ConvertOptions(column_types={"n": pa.int64()}))
+    assert calls == [(True, False)]

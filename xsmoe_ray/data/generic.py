@@ -133,15 +133,16 @@ def read_skipping_malformed(path: Path, read_options: pacsv.ReadOptions, parse_o
     handler on one of its pool threads after ``read_csv`` has returned, and when that falls into
     interpreter exit (a CLI that stops on a bad value right after reading) the thread cannot take
     the GIL and the process aborts with SIGABRT instead of its exit code (apache/arrow#34314;
-    seen as exit -6 in ~1 of 10 failing ``prepare`` runs on a loaded machine). Only a file that
-    has malformed lines (or a bad value, which the caller then locates) is read again, on the
-    calling thread, with the handler. An ArrowInvalid of that second read propagates.
+    seen as exit -6 in ~1 of 10 failing ``prepare`` runs on a loaded machine). Only a file with a
+    parse error (malformed lines) is read again, on the calling thread, with the handler; a value
+    that does not convert raises at once, and so does any ArrowInvalid of the second read.
     """
     try:
         return pacsv.read_csv(path, read_options=read_options, parse_options=parse_options,
                               convert_options=convert_options), []
-    except pa.ArrowInvalid:
-        pass
+    except pa.ArrowInvalid as e:
+        if not str(e).startswith("CSV parse error"):
+            raise
     malformed: list[str] = []
 
     def skip(row) -> str:
