@@ -33,12 +33,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 import xsmoe_ray.model.loss as loss_module  # noqa: E402
-from rows_epoch import old_rows  # noqa: E402
 from xsmoe_ray.cache import load_grouped, open_cache  # noqa: E402
 from xsmoe_ray.config import load_config  # noqa: E402
 from xsmoe_ray.prepared import load_prepared  # noqa: E402
 from xsmoe_ray.stream import data_stages  # noqa: E402
-from xsmoe_ray.train.data import log_popularity, window_data  # noqa: E402
+from xsmoe_ray.train.data import log_popularity, training_rows, window_data  # noqa: E402
 from xsmoe_ray.train.window import train_window  # noqa: E402
 from xsmoe_ray.train.worker import new_model, warm_up_items  # noqa: E402
 
@@ -88,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     loaded = load_prepared(prepared)
     stream, n_items = loaded.stream, loaded.n_items
     features = load_grouped(cache, cfg.model.layers_per_group, list(open_cache(cache).arrays), torch.device("cpu"))
-    data = window_data(stream, args.window, n_items)
+    data = window_data(stream, args.window, n_items, cfg.train.rows)
+    legacy = dataclasses.replace(data, train_rows=training_rows(stream, stream.train_targets(args.window), "legacy"))
     rows_pop = log_popularity(data.train_rows[:, :-1], n_items)
     results = {}
 
@@ -102,11 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     with patched("_targets", _targets_with_padding_inputs):
         # With the new rows an input is never padding, so this fix shows on the old rows only.
         record("padding inputs, old rows", run(cfg, stream, n_items, features,
-                                               dataclasses.replace(data, train_rows=old_rows(stream, args.window)), args.seed))
+                                               legacy, args.seed))
     record("log p over rows", run(cfg, stream, n_items, features, dataclasses.replace(data, log_pop=rows_pop), args.seed))
     half = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision="half"))
     record("bf16", run(half, stream, n_items, features, data, args.seed))
-    record("old rows", run(cfg, stream, n_items, features, dataclasses.replace(data, train_rows=old_rows(stream, args.window)), args.seed))
+    record("old rows", run(cfg, stream, n_items, features, legacy, args.seed))
     raw = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, feature_norm="none"))
     record("no standardisation", run(raw, stream, n_items, features, data, args.seed))
     print(" ".join(f"{k.replace(', ', '_').replace(' ', '_')}={v:.2f}" for k, v in results.items()))

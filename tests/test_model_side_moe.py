@@ -152,16 +152,21 @@ def test_prune_keeps_experts_above_tau_and_the_last_one():
         single.remove_expert(0)
 
 
-def test_utilization_is_eq5_with_backbone_term():
-    layer = grown_layer(2).train()
+def test_utilization_is_eq5_over_experts_only():
+    layer = grown_layer(3).train()
     layer.track_utilization = True
     h, l = torch.randn(5, D), torch.randn(5, D)
     layer(h, l)
     alpha = layer.router(h).detach()
-    norms = torch.stack([l.norm(dim=-1)] + [e(h).norm(dim=-1) for e in layer.experts], 1) * alpha
-    expected = (norms[:, 1:] / norms.sum(-1, keepdim=True)).sum(0)
+    norms = torch.stack([e(h).norm(dim=-1) for e in layer.experts], 1) * alpha[:, 1:]  # [n, N]
+    expected = (norms / norms.sum(-1, keepdim=True)).sum(0)
     sums, count = layer.utilization_sums()
     assert torch.allclose(sums.float(), expected, atol=1e-5) and count.item() == 5
+    # shares of the experts: every sample's scores sum to one, whatever the backbone's weight or output
+    assert torch.isclose(sums.sum(), count.double(), atol=1e-5)
+    layer.reset_utilization()
+    layer(h, 100 * l)  # a far larger backbone output leaves the experts' shares unchanged
+    assert torch.allclose(layer.utilization_sums()[0].float(), expected, atol=1e-5)
 
 
 def test_utilization_sums_merge_by_addition():

@@ -1,6 +1,7 @@
 """Window data: sequences, cases, popularity, rank-sharded batches."""
 
 import numpy as np
+import pytest
 
 from tests.test_streaming import make_dataset
 from xsmoe_ray.streaming import build_stream
@@ -22,7 +23,7 @@ def test_rows_cover_each_train_target_once_with_loss_only_on_this_chunk():
     s = build_stream(make_dataset(), chunks=5, k_core=2, train_frac=0.85, max_len=4)
     for c in range(5):
         targets = s.train_targets(c)
-        rows = training_rows(s, targets)
+        rows = training_rows(s, targets, "once")
         seq, first = split_rows(rows)
         assert rows.shape[1] == s.max_len + 2 and ((first >= 1) & (first <= s.max_len)).all()
         # Every loss position's (input, target) pair is a D_c^train target with its previous item, once:
@@ -40,7 +41,7 @@ def test_rows_cover_each_train_target_once_with_loss_only_on_this_chunk():
 def test_rows_context_is_the_targets_history_and_pieces_hold_at_most_L_targets():
     s = build_stream(make_dataset(), chunks=5, k_core=2, train_frac=0.85, max_len=3)
     targets = s.train_targets(2)
-    rows = training_rows(s, targets)
+    rows = training_rows(s, targets, "once")
     seq, first = split_rows(rows)
     # Each row is a real stretch of one user's history: it equals some target's context + that target.
     ends = {(tuple(s.context[r]), int(s.item[r])) for r in targets}
@@ -49,6 +50,46 @@ def test_rows_context_is_the_targets_history_and_pieces_hold_at_most_L_targets()
     # One row per piece: a user with n targets gets ceil(n / L) rows.
     per_user = np.bincount(s.user[targets])
     assert len(rows) == int(np.ceil(per_user[per_user > 0] / s.max_len).sum())
+
+
+def test_sliding_rows_end_at_every_target_and_train_each_in_up_to_L_contexts():
+    s = build_stream(make_dataset(), chunks=5, k_core=2, train_frac=0.85, max_len=3)
+    L = s.max_len
+    for c in range(5):
+        targets = s.train_targets(c)
+        rows = training_rows(s, targets, "sliding")
+        seq, first = split_rows(rows)
+        # one row per target, each its target's context + the target, in time order
+        assert len(rows) == len(targets)
+        assert np.array_equal(seq[:, -1], s.item[targets]) and np.array_equal(seq[:, :-1], s.context[targets])
+        # every loss position is a D_c^train target, each target trained in min(L, later targets of its user + 1)
+        # rows: the j-th (from 0) of a user's n targets is in the rows of targets j..min(j+L, n)-1
+        counts = {}
+        for r, (row, f) in enumerate(zip(seq, first)):
+            t = targets[r]
+            for pos in range(int(f), L + 1):
+                # position pos of the row ending at target t is the target L - pos steps earlier in t's history
+                key = (int(s.user[t]), int(np.flatnonzero(s.user[targets] == s.user[t]).tolist().index(r)) - (L - pos))
+                assert key[1] >= 0  # never before the user's first target in D_c: no replay
+                counts[key] = counts.get(key, 0) + 1
+        per_user = {}
+        for t in targets:
+            per_user.setdefault(int(s.user[t]), 0)
+            per_user[int(s.user[t])] += 1
+        for (u, j), n in counts.items():
+            assert n == min(L, per_user[u] - j)
+        assert len(counts) == len(targets)  # every target carries loss somewhere
+
+
+def test_legacy_rows_train_every_position_and_once_is_the_fewest_rows():
+    s = build_stream(make_dataset(), chunks=5, k_core=2, train_frac=0.85, max_len=3)
+    targets = s.train_targets(3)
+    legacy, sliding, once = (training_rows(s, targets, k) for k in ("legacy", "sliding", "once"))
+    assert (split_rows(legacy)[1] == 1).all() and np.array_equal(legacy[:, :-1], sliding[:, :-1])
+    assert (split_rows(sliding)[1] >= split_rows(legacy)[1]).all() and (split_rows(sliding)[1] > 1).any()
+    assert len(once) < len(sliding) == len(targets)
+    with pytest.raises(ValueError, match="train.rows"):
+        training_rows(s, targets, "all")
 
 
 def test_window_rows_popularity_and_cases_use_next_chunk():

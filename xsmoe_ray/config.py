@@ -20,6 +20,7 @@ import yaml
 
 FORMATS = ("synthetic", "hm", "amazon", "generic", "recbole")
 VARIANTS = ("xsmoe", "static", "noft", "visual", "textual", "iisan_rh", "iisan_kd")
+ROW_LAYOUTS = ("sliding", "once", "legacy")  # train/data.py
 
 
 class ConfigError(ValueError):
@@ -152,6 +153,10 @@ class TrainConfig:
     lr_min: float = field(default=1e-4, metadata={"help": "learning-rate floor"})
     patience: int = field(default=5, metadata={"help": "epochs without val NDCG@10 gain before stopping"})
     max_epochs: int = field(default=50, metadata={"help": "epoch cap per window"})
+    rows: str = field(default="sliding", metadata={
+        "help": f"training rows, one of {ROW_LAYOUTS}: 'sliding' one row per target, loss at every position whose "
+                "target is this window's; 'once' each target once per epoch; 'legacy' the layout before issue 10 "
+                "(loss at every position, earlier chunks' targets replayed; comparisons only)"})
     precision: str = field(default="auto", metadata={
         "help": "'auto' (fp16 on CUDA, float32 on CPU), 'half' (fp16 on CUDA, bf16 on CPU) or 'full' (float32)"})
     num_workers: int = field(default=1, metadata={"help": "Ray Train workers"})
@@ -167,6 +172,7 @@ class TrainConfig:
         _require(self.max_steps >= 0, "train.max_steps must be >= 0 (0 = no cap)")
         _require(self.last_window >= -1, "train.last_window must be >= -1 (-1 = all windows)")
         _require(self.precision in ("auto", "half", "full"), "train.precision must be 'auto', 'half' or 'full'")
+        _require(self.rows in ROW_LAYOUTS, f"train.rows must be one of {ROW_LAYOUTS}, got {self.rows!r}")
         # 0 would be Ray Train's local mode: no torch.distributed and no persisted checkpoints (no resume).
         _require(self.num_workers >= 1, "train.num_workers must be >= 1")
 

@@ -21,9 +21,13 @@ and ``[n, N d'] x [N d', d]``) rather than ``2N`` small ones, and no ``[n, N, d]
 Frozen and trainable experts are concatenated separately, so no weight gradient is ever computed
 for a frozen expert, and the frozen concatenation is cached until a frozen weight changes.
 
-Utilization (Eq. 5, with the backbone term ``k = 0`` in the denominator as DESIGN.md fixes)::
+Utilization (Eq. 5 as written, over the experts only, as DESIGN.md fixes)::
 
-    r_j = ||alpha_j z_j|| / sum_{k=0..N} ||alpha_k z_k||,   z_0 = l_i, z_j = E_j(h_{i-1})
+    r_j = ||alpha_j z_j|| / sum_{k=1..N} ||alpha_k z_k||,   z_j = E_j(h_{i-1})
+
+so the scores of a layer's experts sum to one and the paper's τ grid {0.05 … 0.25} compares with
+expert shares (with 9 experts the mean share is 0.11). The backbone's share ``alpha_0`` is reported
+beside it (router weights), not mixed into the score.
 
 is accumulated per sample (here: per unique item of a batch) as a plain sum of ratios and a count,
 only in training mode while ``track_utilization`` is on, so batches and ranks merge by addition.
@@ -114,8 +118,8 @@ class SideLayer(nn.Module):
     @torch.no_grad()
     def _accumulate(self, h: torch.Tensor, l: torch.Tensor, alpha: torch.Tensor) -> None:
         z = torch.stack([e(h) for e in self.experts], 1).float()  # [n, N, d]
-        norms = torch.cat([l.float().norm(dim=-1, keepdim=True), z.norm(dim=-1)], 1) * alpha.float()  # [n, N+1]
-        ratios = norms[:, 1:] / norms.sum(-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+        norms = z.norm(dim=-1) * alpha[:, 1:].float()  # [n, N]
+        ratios = norms / norms.sum(-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
         if self._util_sum.device != ratios.device:
             self._util_sum, self._util_count, self._alpha_sum = (
                 t.to(ratios.device) for t in (self._util_sum, self._util_count, self._alpha_sum))

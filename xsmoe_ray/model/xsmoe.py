@@ -16,8 +16,8 @@ Variants (paper Tables 2-3 and DESIGN.md §5) are rows of :data:`VARIANTS`, pick
 rebuilds the architecture (experts per layer, which are frozen) before ``load_state_dict``.
 
 Departures from the paper, all open points it leaves: experts, routers and the fusion layer have
-biases; a new router row starts as the mean of the expert rows; utilization (Eq. 5) includes the
-backbone term in its denominator (DESIGN.md) and is averaged over the unique items the side network
+biases; a new router row starts as the mean of the expert rows; utilization (Eq. 5) is the
+experts' shares as the equation is written (DESIGN.md) and is averaged over the unique items the side network
 saw, not over interactions; the loss is a mean over target positions, not a sum; the sequence
 encoder is pre-LN (``encoder.py``). Training follows SASRec: every loss position of a row predicts
 its next item, not only the last one (which positions carry loss: ``train/data.py``).

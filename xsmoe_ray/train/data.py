@@ -1,13 +1,21 @@
 """One window's training rows, evaluation cases and batches, from a prepared stream.
 
-Training rows (DESIGN.md §5, SASRec's way): window ``c`` trains on the targets of D_c's train split,
-each exactly once per epoch. A user's targets in D_c (consecutive in their history) are cut into
-pieces of at most L targets, counted from the latest, and each piece is one row of ``L+1`` items
-ending in its last target; the items in front of the piece's first target are context only (they
-come from earlier chunks, or are an earlier piece's targets). So contexts reach into earlier chunks
-but no position whose target lies outside D_c^train carries loss (that would be silent replay), and
-a window costs about 1/L of the old one-row-per-target layout, where every target was predicted
-in up to L overlapping rows. The earliest piece is the short one, so it gets the most context.
+Training rows (DESIGN.md §5): window ``c`` trains on the targets of D_c's train split. A row is
+``L+1`` items of one user's history ending in a target, plus the first position that carries loss.
+Contexts reach into earlier chunks, but in the two study layouts no position whose target lies
+outside D_c^train carries loss (that would be silent replay, which only ``iisan_rh`` may do).
+``train.rows`` picks the layout:
+
+* ``sliding`` (default, chosen on validation, docs/RESULTS.md): one row per target, loss at every
+  position whose target is a D_c^train target. Each target is predicted in up to L rows with
+  different context lengths (SASRec's prefix augmentation), so a dense user's targets give L times
+  the optimizer signal of ``once``.
+* ``once``: each target exactly once per epoch. A user's targets in D_c are cut into pieces of at
+  most L targets, counted from the latest, and each piece is one row ending in its last target; the
+  earliest piece is the short one, so it gets the most context. About 1/L of ``sliding``'s rows:
+  on MovieLens-1M it starved the windows of optimizer steps (issue 18).
+* ``legacy``: the layout before issue 10, for comparisons only: one row per target with loss at
+  every real position, so earlier chunks' targets in the context are trained again (replay).
 
 Pure functions over numpy arrays. Batches are sharded across ranks so that every rank runs the
 same number of steps (DDP needs that): the epoch's permutation is padded by wrapping around
@@ -20,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from xsmoe_ray.config import ROW_LAYOUTS
 from xsmoe_ray.streaming import Stream
 
 
@@ -59,9 +68,9 @@ class WindowData:
     test: Cases | None
 
 
-def window_data(stream: Stream, c: int, n_items: int) -> WindowData:
+def window_data(stream: Stream, c: int, n_items: int, rows: str = "sliding") -> WindowData:
     targets = stream.train_targets(c)
-    rows = training_rows(stream, targets)
+    rows = training_rows(stream, targets, rows)
     val = eval_cases(stream, stream.val_cases(c), stream.candidates(c))
     test = None
     if c + 1 < stream.n_chunks:
@@ -69,15 +78,14 @@ def window_data(stream: Stream, c: int, n_items: int) -> WindowData:
     return WindowData(c, rows, len(targets), log_popularity(stream.item[targets], n_items), val, test)
 
 
-def training_rows(stream: Stream, targets: np.ndarray) -> np.ndarray:
-    """Rows ``[N, L+2]`` covering each of ``targets`` (time-ordered row indices) exactly once.
+def training_rows(stream: Stream, targets: np.ndarray, layout: str = "sliding") -> np.ndarray:
+    """Rows ``[N, L+2]`` over ``targets`` (time-ordered row indices of one chunk's train split).
 
-    Per user, targets are numbered from the latest back (``back`` = 0, 1, ...); a piece ends at every
-    ``back % L == 0`` and holds ``min(L, n_u - back)`` targets, so the row ending there is that
-    target's context (its previous ``L`` items) plus the target, with loss from position
-    ``L + 1 - k``. Relies on a user's targets being consecutive in their history (a chunk's train
-    split precedes its val split in time; only a user's first-ever row has no context).
+    Relies on a user's targets being consecutive in their history (a chunk's train split precedes
+    its val split in time; only a user's first-ever row has no context, and it is no target).
     """
+    if layout not in ROW_LAYOUTS:
+        raise ValueError(f"train.rows must be one of {ROW_LAYOUTS}, got {layout!r}")
     L = stream.max_len
     user = stream.user[targets]
     order = np.argsort(user, kind="stable")  # by user, time order kept inside a user
@@ -85,14 +93,21 @@ def training_rows(stream: Stream, targets: np.ndarray) -> np.ndarray:
     new_user = np.concatenate([[True], u[1:] != u[:-1]]) if len(u) else np.zeros(0, bool)
     starts = np.flatnonzero(new_user)
     sizes = np.diff(np.concatenate([starts, [len(u)]]))
-    back = np.repeat(starts + sizes, sizes) - 1 - np.arange(len(u))  # 0 for a user's latest target
-    piece_end = back % L == 0  # a piece ends at its latest target
-    k = np.minimum(L, np.repeat(sizes, sizes)[piece_end] - back[piece_end])  # targets in each piece
-    end_rows = targets[order[piece_end]]
+    fwd = np.arange(len(u)) - np.repeat(starts, sizes)  # 0 for a user's earliest target in the chunk
+    if layout == "once":
+        # targets numbered from the latest back; a piece of min(L, n_u - back) targets ends at back % L == 0
+        back = np.repeat(sizes, sizes) - 1 - fwd
+        ends = back % L == 0
+        first = L + 1 - np.minimum(L, fwd[ends] + 1)  # k = min(L, n_u - back) targets, and n_u - back = fwd + 1
+    else:
+        ends = np.ones(len(u), bool)
+        # sliding: the row's current targets are the user's targets up to this one, at most L of them
+        first = np.ones(len(u), np.int64) if layout == "legacy" else L + 1 - np.minimum(L, fwd + 1)
+    end_rows = targets[order[ends]]
     rows = np.empty((len(end_rows), L + 2), dtype=np.int64)
     rows[:, :L] = stream.context[end_rows]
     rows[:, L] = stream.item[end_rows]
-    rows[:, L + 1] = L + 1 - k
+    rows[:, L + 1] = first
     order_in_time = np.argsort(end_rows, kind="stable")  # deterministic, time-ordered rows
     return rows[order_in_time]
 

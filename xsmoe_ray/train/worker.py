@@ -131,7 +131,7 @@ def run_one_window(cfg: ExperimentConfig, raw: XSMoE, stream, n_items: int, w: i
     if w >= 1:
         raw.begin_window()
     model = wrap(raw, device)
-    data = window_data(stream, w, n_items)
+    data = window_data(stream, w, n_items, cfg.train.rows)
     rank0_log(f"[stream] window {w}: train on D_{w} ({data.n_targets:,} targets in {len(data.train_rows):,} rows)"
               + (f", test on D_{w + 1} ({len(data.test):,} cases)" if w >= 1 else " (warm-up)"))
     result = train_window(model, data, cfg.train, device, seed=cfg.run.seed * 1000 + w,
@@ -170,8 +170,10 @@ def run_one_window(cfg: ExperimentConfig, raw: XSMoE, stream, n_items: int, w: i
 def window_metrics(row: dict, history: list[dict]) -> dict:
     """What a window reports to Ray: its row without the per-expert utilization and router weights
     (those stay in the checkpoint's history, history.json), plus the mean test metrics of ``history``
-    (the windows so far, this one included)."""
+    (the windows so far, this one included) and the mean of their best val NDCG@10 (warm-up
+    included): the figure sweeps select on, since choosing by the test means is test-set selection."""
     metrics = {k: v for k, v in row.items() if v is not None and k not in ("utilization", "router")}
+    metrics["mean_val_ndcg10"] = _mean([r["val_ndcg10"] for r in history if r.get("val_ndcg10") is not None])
     metrics["mean_test_ndcg10"] = _mean([r["ndcg10"] for r in history if r.get("ndcg10") is not None])
     metrics["mean_test_hr10"] = _mean([r["hr10"] for r in history if r.get("hr10") is not None])
     return metrics

