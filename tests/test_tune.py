@@ -10,7 +10,9 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,9 +20,10 @@ import yaml
 
 from tests.test_stream import TINY
 from xsmoe_ray.config import load_config
-from xsmoe_ray.sweep_report import TrialRecord, best_per_dataset, efficiency_markdown, tau_plot, tau_points, trials_csv
-from xsmoe_ray.sweep_spec import SweepError, check_grouping, load_sweep
-from xsmoe_ray.tune import flatten, main, param_space, preflight_grouping, result_rows, run_sweep
+from xsmoe_ray.sweep_report import (TrialRecord, best_markdown, best_per_dataset, best_summary, efficiency_markdown,
+                                    sweep_markdown, tau_plot, tau_points, trials_csv, trials_markdown)
+from xsmoe_ray.sweep_spec import SweepError, TestMetricSelectionWarning, check_grouping, load_sweep
+from xsmoe_ray.tune import flatten, main, param_space, preflight_grouping, result_rows, run_sweep, tune_config
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_TAUS = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25]
@@ -39,7 +42,10 @@ def write_sweep(directory: Path, name: str = "sweep", **sections) -> Path:
 
 @pytest.mark.parametrize("name", ["demo_sweep", "amazon_home", "amazon_elec", "hm"])
 def test_shipped_sweeps_load(name, tmp_path):
-    spec = load_sweep(REPO / "tune_configs" / f"{name}.yaml", [f"run.out={tmp_path}"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TestMetricSelectionWarning)  # none selects on the test set
+        spec = load_sweep(REPO / "tune_configs" / f"{name}.yaml", [f"run.out={tmp_path}"])
+    assert spec.metric == "mean_val_ndcg10"
     keys = {d.key: d for d in spec.search}
     assert {"model.tau", "model.d_prime", "model.layers_per_group"} <= set(keys)
     assert sorted(keys["model.tau"].values) == PAPER_TAUS  # paper §5.4.2's grid
@@ -109,6 +115,43 @@ def test_bad_sweep_names_file_and_key(tmp_path, sections, expected):
     assert str(path) in str(err.value) and expected in str(err.value)
 
 
+def test_the_default_metric_is_validation(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TestMetricSelectionWarning)
+        spec = load_sweep(write_sweep(tmp_path), [f"run.out={tmp_path / 'out'}"])
+    assert spec.metric == "mean_val_ndcg10"
+
+
+@pytest.mark.parametrize("metric", ["mean_test_ndcg10", "mean_test_hr10"])
+def test_a_test_metric_loads_with_a_test_selection_warning(tmp_path, metric):
+    path = write_sweep(tmp_path, metric=metric)
+    with pytest.warns(TestMetricSelectionWarning, match=f"{metric} is a test figure: .* on the test set") as seen:
+        spec = load_sweep(path, [f"run.out={tmp_path / 'out'}"])
+    assert spec.metric == metric  # a warning, not an error: test figures stay selectable
+    assert str(path) in str(seen[0].message) and seen[0].filename == __file__  # points at the caller
+
+
+def test_asha_stops_on_the_val_metric(tmp_path):
+    """Two trials whose val and test rank oppositely at ASHA's first rung: the val-worse one is stopped."""
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    spec = load_sweep(write_sweep(tmp_path, scheduler={"type": "asha", "grace_period": 1}),
+                      [f"run.out={tmp_path / 'out'}"])
+    config = tune_config(spec, n_windows=3)
+    assert config.metric == "mean_val_ndcg10" and config.mode == "max"
+    asha = config.scheduler
+    assert isinstance(asha, ASHAScheduler)
+    asha.set_search_properties(config.metric, config.mode)  # what Tune does with the TuneConfig's metric
+    good_val, good_test = SimpleNamespace(trial_id="a"), SimpleNamespace(trial_id="b")
+    for trial in (good_val, good_test):
+        asha.on_trial_add(None, trial)
+    row = {"window": 1}
+    assert asha.on_trial_result(None, good_val, {**row, "mean_val_ndcg10": 0.3, "mean_test_ndcg10": 0.1}) \
+        == TrialScheduler.CONTINUE
+    assert asha.on_trial_result(None, good_test, {**row, "mean_val_ndcg10": 0.2, "mean_test_ndcg10": 0.9}) \
+        == TrialScheduler.STOP
+
+
 def test_cli_exit_codes(tmp_path, capsys):
     with pytest.raises(SystemExit) as ok:
         main(["--help"])
@@ -140,11 +183,13 @@ def test_param_space_and_flatten():
 # The sweep report, on hand-made trial records.
 
 
-def record(trial, tau, ndcgs, status="complete", dataset="a", g=1):
-    windows = [{"window": 0, "seconds": 1.0, "epochs": 2, "mp_mb": 1.0, "trp_mb": 0.5}]
+def record(trial, tau, ndcgs, status="complete", dataset="a", g=1, vals=None):
+    """``vals``: each window's best val NDCG@10, warm-up first (default: the test NDCG@10s')."""
+    vals = vals or ndcgs[:1] + ndcgs
+    windows = [{"window": 0, "val_ndcg10": vals[0], "seconds": 1.0, "epochs": 2, "mp_mb": 1.0, "trp_mb": 0.5}]
     for w, v in enumerate(ndcgs, start=1):
-        windows.append({"window": w, "ndcg10": v, "hr10": 2 * v, "seconds": 2.0, "epochs": 2, "mp_mb": 1.0 + w,
-                        "trp_mb": 0.5, "experts": {"text": [w + 1]}})
+        windows.append({"window": w, "ndcg10": v, "hr10": 2 * v, "val_ndcg10": vals[w], "seconds": 2.0, "epochs": 2,
+                        "mp_mb": 1.0 + w, "trp_mb": 0.5, "experts": {"text": [w + 1]}})
     return TrialRecord(dataset=dataset, trial=trial, params={"model.tau": tau, "model.layers_per_group": g},
                        status=status, windows=windows, wall_s=9.0)
 
@@ -156,6 +201,39 @@ def test_best_uses_complete_trials_only():
     best = best_per_dataset(records, "mean_test_ndcg10")
     assert best["a"].trial == "t2" and best["b"].trial == "t5"
     assert best_per_dataset(records, "mean_test_hr10")["a"].trial == "t2"
+
+
+def test_the_best_is_chosen_on_val_and_its_test_avg_shown_beside_it():
+    # t1 is better on val (warm-up included), t2 on test: selecting on val must pick t1.
+    records = [record("t1", 0.0, [0.10, 0.20], vals=[0.50, 0.40, 0.30]),
+               record("t2", 0.1, [0.30, 0.40], vals=[0.10, 0.40, 0.30])]
+    t1 = records[0]
+    assert t1.avg("val_ndcg10") == pytest.approx(0.40)  # all three windows, warm-up included
+    assert t1.avg("ndcg10") == pytest.approx(0.15)  # the two test windows
+    best = best_per_dataset(records, "mean_val_ndcg10")
+    assert best["a"].trial == "t1" and best_per_dataset(records, "mean_test_ndcg10")["a"].trial == "t2"
+    table = best_markdown(best, ["a"], "mean_val_ndcg10")
+    assert "chosen on val (mean_val_ndcg10); test shown, not used" in table
+    assert "| mean_val_ndcg10 (selection) | test HR@10 AVG | test NDCG@10 AVG |" in table
+    assert "| a | t1 | layers/group=1, τ=0.0 | 40.00 | 30.00 | 15.00 | best/a.yaml |" in table  # t1's test AVG
+    assert best_summary(t1, "mean_val_ndcg10") == ("trial t1: mean_val_ndcg10 40.00%, test AVG NDCG@10 15.00% "
+                                                   "HR@10 30.00% (chosen on val (mean_val_ndcg10); test shown, not used)")
+    assert "test-set selection" in best_markdown(best_per_dataset(records, "mean_test_ndcg10"), ["a"],
+                                                 "mean_test_ndcg10")
+    rows = trials_markdown(records, "mean_val_ndcg10").splitlines()
+    assert "val NDCG@10 AVG" in rows[0] and [r.split(" | ")[1] for r in rows[2:]] == ["t1", "t2"]
+    assert [row["trial"] for row in csv.DictReader(trials_csv(records).splitlines())] == ["t1", "t2"]
+    assert "best chosen by mean_val_ndcg10 (chosen on val" in sweep_markdown("s", records, ["a"], "mean_val_ndcg10")
+
+
+def test_the_report_averages_val_as_the_window_loop_reports_it():
+    """The val AVG the report selects on is the ``mean_val_ndcg10`` the last window reported to Tune."""
+    from xsmoe_ray.train.worker import window_metrics
+
+    r = record("t1", 0.0, [0.1, 0.2, 0.3], vals=[0.7, 0.2, 0.6, 0.1])
+    reported = window_metrics(r.windows[-1], r.windows)
+    assert r.avg("val_ndcg10") == pytest.approx(reported["mean_val_ndcg10"]) == pytest.approx(0.4)
+    assert r.avg("ndcg10") == pytest.approx(reported["mean_test_ndcg10"])
 
 
 def test_tau_points_pool_other_settings_and_tables():
@@ -251,7 +329,13 @@ def test_sweep_outputs(failed_then_resumed):
     assert "0 failed" in text and "## Efficiency (paper Table 3 shape)" in text
     complete = {t: row for t, row in second.items() if row["status"] == "complete"}
     assert complete and all(int(row["windows"]) == 3 for row in complete.values())
-    best_trial = max(complete.values(), key=lambda row: float(row["ndcg10_avg"]))
+    # Chosen on val (the default metric), ASHA included; the test AVG is shown beside it, not used.
+    best_trial = max(complete.values(), key=lambda row: float(row["val_ndcg10_avg"]))
+    header = (out / "best" / "drift.yaml").read_text().splitlines()[0]
+    assert header.startswith(f"# best trial {best_trial['trial']}: mean_val_ndcg10 ")
+    assert f"test AVG NDCG@10 {100 * float(best_trial['ndcg10_avg']):.2f}%" in header
+    assert "(chosen on val (mean_val_ndcg10); test shown, not used)" in header
+    assert "chosen on val (mean_val_ndcg10); test shown, not used" in text
     best = load_config(str(out / "best" / "drift.yaml"))
     assert best.model.tau == float(best_trial["model.tau"])
     assert best.model.layers_per_group == int(best_trial["model.layers_per_group"])

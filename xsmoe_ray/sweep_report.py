@@ -3,10 +3,13 @@
 
 Input is one :class:`TrialRecord` per trial: its searched values and the rows it reported, one per
 window, as the window loop reports them (``xsmoe_ray.train.worker``). A trial is *complete* when it
-reported every window, *stopped* when ASHA ended it early, *error* when it failed. Averages are over
-a trial's test windows (D_2 … D_T), as in the paper's AVG column; a stopped trial's averages cover
-fewer, earlier windows and are not comparable, so the best config, the τ plot and the efficiency
-table use complete trials only, and the all-trials table shows every trial with its status.
+reported every window, *stopped* when ASHA ended it early, *error* when it failed. Test averages are
+over a trial's test windows (D_2 … D_T), as in the paper's AVG column; the val average (the default
+sweep metric, ``mean_val_ndcg10``) is over every window's best val NDCG@10, warm-up included. A
+stopped trial's averages cover fewer, earlier windows and are not comparable, so the best config,
+the τ plot and the efficiency table use complete trials only, and the all-trials table shows every
+trial with its status. The best config is chosen on the sweep's metric; its test AVG is shown beside
+it, labelled as not used for the choice (or, for a test metric, as test-set selection).
 
 Files written under the sweep's ``run.out``: ``trials.csv`` (one row per trial), ``sweep.md``
 (all trials, best per dataset, efficiency), ``best/<dataset>.yaml`` (the best trial's whole config,
@@ -28,10 +31,12 @@ matplotlib.use("Agg")  # no display on clusters and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
 from xsmoe_ray.report import dedupe_windows  # noqa: E402
+from xsmoe_ray.sweep_spec import is_test_metric  # noqa: E402
 
 LABELS = {"model.tau": "τ", "model.d_prime": "d′", "model.layers_per_group": "layers/group",
           "model.variant": "variant", "run.seed": "seed"}
-METRIC_COLUMN = {"mean_test_ndcg10": "ndcg10", "mean_test_hr10": "hr10"}
+# Sweep metric -> the window-row column a trial's average of it is computed from (see TrialRecord.avg).
+METRIC_COLUMN = {"mean_val_ndcg10": "val_ndcg10", "mean_test_ndcg10": "ndcg10", "mean_test_hr10": "hr10"}
 
 
 @dataclass
@@ -51,7 +56,10 @@ class TrialRecord:
         return [r for r in self.windows if r.get("ndcg10") is not None]
 
     def avg(self, column: str) -> float | None:
-        values = [float(r[column]) for r in self.tests]
+        """Mean of a test column over the test windows; of a val column over every window, warm-up
+        included (the warm-up has a val split too), as the window loop's ``mean_val_ndcg10``."""
+        rows = self.windows if column.startswith("val_") else self.tests
+        values = [float(r[column]) for r in rows if r.get(column) is not None]
         return sum(values) / len(values) if values else None
 
     def last(self, column: str) -> Any:
@@ -105,14 +113,16 @@ def _num(value: float | None, fmt: str = ".2f") -> str:
 
 def trials_csv(records: list[TrialRecord]) -> str:
     keys = param_keys(records)
-    fields = ["dataset", "trial", "status", "windows", *keys, "hr10_avg", "ndcg10_avg", "mp_mb", "trp_mb",
+    fields = ["dataset", "trial", "status", "windows", *keys, "val_ndcg10_avg", "hr10_avg", "ndcg10_avg", "mp_mb",
+              "trp_mb",
               "experts", "tt_s", "et_s", "wall_s", "error"]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fields)
     w.writeheader()
     for r in records:
         w.writerow({"dataset": r.dataset, "trial": r.trial, "status": r.status, "windows": len(r.windows),
-                    **{k: r.params.get(k, "") for k in keys}, "hr10_avg": r.avg("hr10"), "ndcg10_avg": r.avg("ndcg10"),
+                    **{k: r.params.get(k, "") for k in keys}, "val_ndcg10_avg": r.avg("val_ndcg10"),
+                    "hr10_avg": r.avg("hr10"), "ndcg10_avg": r.avg("ndcg10"),
                     "mp_mb": r.last("mp_mb"), "trp_mb": r.last("trp_mb"), "experts": experts_text(r.last("experts")),
                     "tt_s": round(r.train_seconds, 2), "et_s": round(r.train_seconds / max(r.epochs, 1), 3),
                     "wall_s": round(r.wall_s, 1), "error": r.error.splitlines()[0] if r.error else ""})
@@ -129,12 +139,13 @@ def _sorted(records: list[TrialRecord], metric: str) -> list[TrialRecord]:
 
 def trials_markdown(records: list[TrialRecord], metric: str) -> str:
     keys = param_keys(records)
-    head = ["dataset", "trial", "status", "windows", *[label(k) for k in keys], "HR@10 AVG", "NDCG@10 AVG",
-            "MP (MB)", "TrP (MB)", "experts", "TT (s)", "wall (s)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 4 + "---:|" * len(keys) + "---:|" * 4 + "---|---:|---:|"]
+    head = ["dataset", "trial", "status", "windows", *[label(k) for k in keys], "val NDCG@10 AVG", "test HR@10 AVG",
+            "test NDCG@10 AVG", "MP (MB)", "TrP (MB)", "experts", "TT (s)", "wall (s)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 4 + "---:|" * len(keys) + "---:|" * 5 + "---|---:|---:|"]
     for r in _sorted(records, metric):
         cells = [r.dataset, r.trial, r.status, str(len(r.windows)), *[str(r.params.get(k, "")) for k in keys],
-                 _pct(r.avg("hr10")), _pct(r.avg("ndcg10")), _num(r.last("mp_mb")), _num(r.last("trp_mb")),
+                 _pct(r.avg("val_ndcg10")), _pct(r.avg("hr10")), _pct(r.avg("ndcg10")), _num(r.last("mp_mb")),
+                 _num(r.last("trp_mb")),
                  experts_text(r.last("experts")), f"{r.train_seconds:.1f}", f"{r.wall_s:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -152,17 +163,32 @@ def best_per_dataset(records: list[TrialRecord], metric: str) -> dict[str, Trial
     return best
 
 
+def selection_note(metric: str) -> str:
+    """How the best trial was chosen, and what its test figures mean for it."""
+    if is_test_metric(metric):
+        return f"chosen on test ({metric}): test-set selection, its test figures are optimistic"
+    return f"chosen on val ({metric}); test shown, not used"
+
+
+def best_summary(r: TrialRecord, metric: str) -> str:
+    """One line for the chosen trial: the figure it was chosen on, then its test AVG, labelled."""
+    return (f"trial {r.trial}: {metric} {_pct(r.avg(METRIC_COLUMN[metric]))}%, test AVG NDCG@10 "
+            f"{_pct(r.avg('ndcg10'))}% HR@10 {_pct(r.avg('hr10'))}% ({selection_note(metric)})")
+
+
 def best_markdown(best: dict[str, TrialRecord], datasets: list[str], metric: str) -> str:
-    lines = [f"Best complete trial per dataset by {metric} (mean over its test windows).", "",
-             "| dataset | trial | config | HR@10 AVG | NDCG@10 AVG | config file |", "|---|---|---|---:|---:|---|"]
+    lines = [f"Best complete trial per dataset by {metric}: {selection_note(metric)}. Val: mean of each window's "
+             "best val NDCG@10 (warm-up included); test: mean over the trial's test windows.", "",
+             f"| dataset | trial | config | {metric} (selection) | test HR@10 AVG | test NDCG@10 AVG | config file |",
+             "|---|---|---|---:|---:|---:|---|"]
     for d in datasets:
         r = best.get(d)
         if r is None:
-            lines.append(f"| {d} | — | no complete trial | n/a | n/a | — |")
+            lines.append(f"| {d} | — | no complete trial | n/a | n/a | n/a | — |")
             continue
         config = ", ".join(f"{label(k)}={v}" for k, v in sorted(r.params.items()))
-        lines.append(f"| {d} | {r.trial} | {config} | {_pct(r.avg('hr10'))} | {_pct(r.avg('ndcg10'))} | "
-                     f"best/{d}.yaml |")
+        lines.append(f"| {d} | {r.trial} | {config} | {_pct(r.avg(METRIC_COLUMN[metric]))} | {_pct(r.avg('hr10'))} | "
+                     f"{_pct(r.avg('ndcg10'))} | best/{d}.yaml |")
     return "\n".join(lines)
 
 
@@ -198,7 +224,9 @@ def sweep_markdown(name: str, records: list[TrialRecord], datasets: list[str], m
     return "\n".join([
         f"# Sweep {name}", "",
         f"{len(records)} trials: {counts['complete']} complete, {counts['stopped']} stopped early (ASHA), "
-        f"{counts['error']} failed. Metrics in % (full ranking, mean over each trial's test windows).", "",
+        f"{counts['error']} failed. Metrics in % (full ranking): val = mean of each window's best val NDCG@10 "
+        "(warm-up included), test = mean over each trial's test windows. Trials are ranked and the best "
+        f"chosen by {metric} ({selection_note(metric)}).", "",
         "## All trials", "", trials_markdown(records, metric), "",
         "## Best config per dataset", "", best_markdown(best, datasets, metric), "",
         "## τ sensitivity", "", "![τ sensitivity](tau_sensitivity.png)", "",

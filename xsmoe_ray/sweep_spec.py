@@ -10,7 +10,8 @@
       model.tau: {grid_search: [0.0, 0.05, 0.10]}
       model.d_prime: {choice: [8, 16]}
     num_samples: 1                    # Tune semantics: the grid is repeated num_samples times
-    metric: mean_test_ndcg10          # or mean_test_hr10; always maximised
+    metric: mean_val_ndcg10           # the default; mean_test_ndcg10 / mean_test_hr10 = test-set selection
+                                      # (loads, with a warning); always maximised, ASHA stops on it too
     scheduler: {type: asha, grace_period: 1, reduction_factor: 2}   # or omitted / {type: none}
     resources: {cpu: 1, gpu: 0, workers: 1}    # per worker; workers > 1 runs Train inside a trial
     max_concurrent_trials: 0          # 0 = as many as the resources allow
@@ -24,12 +25,18 @@ its prepared data and (unless ``cache.dir`` is set) its cache are built once, be
 Only keys that leave the shared prepared data and cache unchanged may be searched (``model.*``,
 ``train.*`` except the resource keys, ``run.seed``); a data setting is a separate dataset entry.
 Every error names the file and the key.
+
+The metric picks the best config and is what ASHA stops on, so by default it is a validation figure
+(``mean_val_ndcg10``: the mean of each window's best val NDCG@10 so far, warm-up included). The test
+figures are still reported for every trial, but selecting on them tunes to the test set; a sweep
+file that does so loads with a :class:`TestMetricSelectionWarning`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +45,10 @@ import yaml
 
 from xsmoe_ray.config import ConfigError, ExperimentConfig, from_dict, load_config, parse_overrides, to_dict, valid_keys
 
-METRICS = ("mean_test_ndcg10", "mean_test_hr10")
+VAL_METRICS = ("mean_val_ndcg10",)
+TEST_METRICS = ("mean_test_ndcg10", "mean_test_hr10")  # reportable; selecting on them is test-set selection
+METRICS = VAL_METRICS + TEST_METRICS
+DEFAULT_METRIC = "mean_val_ndcg10"
 DISCRETE = ("grid_search", "choice")
 RANGES = ("uniform", "loguniform", "randint")  # [low, high); randint is integer-valued
 TOP_KEYS = ("name", "datasets", "overrides", "search", "num_samples", "metric", "scheduler", "resources",
@@ -50,6 +60,16 @@ RESOURCE_KEYS = ("train.num_workers", "train.use_gpu", "train.max_failures")
 
 class SweepError(ConfigError):
     """A sweep file that cannot be run; the message names the file and the key."""
+
+
+class TestMetricSelectionWarning(UserWarning):
+    """A sweep whose metric is a test figure: its best config (and ASHA) are chosen on the test set."""
+
+    __test__ = False  # a warning class, not a pytest test class
+
+
+def is_test_metric(metric: str) -> bool:
+    return metric in TEST_METRICS or metric.startswith("mean_test_")
 
 
 @dataclass(frozen=True)
@@ -78,7 +98,7 @@ class DatasetSpec:
 @dataclass(frozen=True)
 class SchedulerSpec:
     kind: str = "none"  # "asha" or "none"
-    grace_period: int = 1  # windows; window 0 is the warm-up and has no test metric, hence >= 1
+    grace_period: int = 1  # windows; window 0 is the warm-up (no test figure, one val figure), hence >= 1
     reduction_factor: float = 2.0
 
 
@@ -98,7 +118,7 @@ class SweepSpec:
     datasets: tuple[DatasetSpec, ...]
     search: tuple[Dimension, ...]
     num_samples: int = 1
-    metric: str = METRICS[0]
+    metric: str = DEFAULT_METRIC
     scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
     resources: ResourceSpec = field(default_factory=ResourceSpec)
     max_concurrent_trials: int = 0
@@ -155,7 +175,7 @@ def load_sweep(path: str | Path, cli_overrides: list[str] | None = None) -> Swee
         name=name, source=path.resolve(), out=out, num_cpus=datasets[0].cfg.run.num_cpus, datasets=datasets,
         search=_search(raw.get("search"), where, datasets),
         num_samples=_int(raw.get("num_samples", 1), f"{where}: num_samples", low=1),
-        metric=_metric(raw.get("metric", METRICS[0]), where),
+        metric=_metric(raw.get("metric", DEFAULT_METRIC), where),
         scheduler=_scheduler(raw.get("scheduler"), where),
         resources=resources,
         max_concurrent_trials=max_concurrent,
@@ -338,6 +358,11 @@ def _int(value: Any, where: str, low: int) -> int:
 def _metric(value: Any, where: str) -> str:
     if value not in METRICS:
         raise SweepError(f"{where}: metric: expected one of {list(METRICS)}, got {value!r}")
+    if is_test_metric(value):
+        # Allowed (e.g. to reproduce an old sweep), but the best config and ASHA then fit the test set.
+        warnings.warn(f"{where}: metric: {value} is a test figure: this sweep selects its best config (and ASHA "
+                      f"stops trials) on the test set; use {DEFAULT_METRIC} to select on validation",
+                      TestMetricSelectionWarning, stacklevel=3)
     return value
 
 

@@ -5,8 +5,9 @@
     ray job submit --working-dir . -- python -m xsmoe_ray.tune tune_configs/hm.yaml ...
 
 The sweep file (format: :mod:`xsmoe_ray.sweep_spec`) names datasets, a search space, the metric
-(mean test NDCG@10 so far), an optional ASHA scheduler over the window index and resources per
-trial. One trial is one whole streaming run (paper Algorithm 1, ``xsmoe_ray.train.worker``):
+(default ``mean_val_ndcg10``, the mean best val NDCG@10 so far: the best config and ASHA select on
+validation; a test metric is allowed, with a warning), an optional ASHA scheduler over the window
+index and resources per trial. One trial is one whole streaming run (paper Algorithm 1, ``xsmoe_ray.train.worker``):
 
 1. Before any trial starts, every dataset is prepared and its layer cache built once, by the main
    job's own ``stream.data_stages``, into ``<run.out>/datasets/<name>/``; its trials only read them.
@@ -21,7 +22,8 @@ trial. One trial is one whole streaming run (paper Algorithm 1, ``xsmoe_ray.trai
    their last checkpoint); finished trials are not run again. A Train-inside-trial restarted by Tune
    first re-reports the windows its Train run had finished (:func:`finished_window_metrics`).
 4. Outputs (:mod:`xsmoe_ray.sweep_report`): ``trials.csv``, ``sweep.md``, ``best/<dataset>.yaml``,
-   ``tau_sensitivity.png``.
+   ``tau_sensitivity.png``. The best trial's test AVG is shown beside the figure it was chosen on,
+   labelled as not used for the choice.
 """
 
 from __future__ import annotations
@@ -241,23 +243,30 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"  # short paths (the default embeds every searched value)
 
 
-def new_tuner(spec: SweepSpec, ds: DatasetSpec, job: TrialJob, n_windows: int):
+def tune_config(spec: SweepSpec, n_windows: int):
+    """The experiment's TuneConfig: the sweep's metric (validation by default) is what ASHA stops on."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
     scheduler = None
     if spec.scheduler.kind == "asha":
-        # metric and mode are set once, in TuneConfig (RAY_NOTES.md); the last window index is max_t.
+        # metric and mode are set once, in TuneConfig, which hands them to the scheduler (RAY_NOTES.md);
+        # the last window index is max_t.
         scheduler = ASHAScheduler(time_attr="window", max_t=max(n_windows - 1, 1),
                                   grace_period=spec.scheduler.grace_period,
                                   reduction_factor=spec.scheduler.reduction_factor)
+    return tune.TuneConfig(metric=spec.metric, mode="max", scheduler=scheduler, num_samples=spec.num_samples,
+                           max_concurrent_trials=spec.max_concurrent_trials or None,
+                           trial_dirname_creator=trial_dirname)
+
+
+def new_tuner(spec: SweepSpec, ds: DatasetSpec, job: TrialJob, n_windows: int):
+    from ray import tune
+
     return tune.Tuner(
         trainable_for(job),
         param_space=param_space(spec.search),
-        tune_config=tune.TuneConfig(metric=spec.metric, mode="max", scheduler=scheduler,
-                                    num_samples=spec.num_samples,
-                                    max_concurrent_trials=spec.max_concurrent_trials or None,
-                                    trial_dirname_creator=trial_dirname),
+        tune_config=tune_config(spec, n_windows),
         run_config=tune.RunConfig(
             name=ds.name, storage_path=str(spec.out / "ray"),
             failure_config=tune.FailureConfig(max_failures=ds.cfg.train.max_failures),
@@ -331,12 +340,14 @@ def records_of(grid, ds: DatasetSpec, n_windows: int) -> list:
 
 def write_best_configs(spec: SweepSpec, best: dict, jobs: dict[str, TrialJob]) -> None:
     """``best/<dataset>.yaml``: the whole config of the dataset's best trial, reusing its cache."""
+    from xsmoe_ray.sweep_report import best_summary
+
     for name, record in best.items():
         cfg = with_value(spec.dataset(name).cfg, {**record.params, "cache.dir": jobs[name].cache,
                                                    "run.out": str(spec.out / "best" / name)})
         path = spec.out / "best" / f"{name}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f"# best trial {record.trial} of sweep {spec.name} ({spec.metric})\n" + dump_yaml(cfg))
+        path.write_text(f"# best {best_summary(record, spec.metric)}, sweep {spec.name}\n" + dump_yaml(cfg))
 
 
 def run_sweep(spec: SweepSpec, extra: dict | None = None) -> list:
@@ -350,7 +361,7 @@ def run_sweep(spec: SweepSpec, extra: dict | None = None) -> list:
 
 def _run_sweep(spec: SweepSpec, extra: dict | None) -> list:
     from xsmoe_ray.raysetup import ensure_ray
-    from xsmoe_ray.sweep_report import write_sweep_outputs
+    from xsmoe_ray.sweep_report import best_summary, write_sweep_outputs
 
     t0 = time.perf_counter()
     check_same_sweep(spec)
@@ -367,6 +378,8 @@ def _run_sweep(spec: SweepSpec, extra: dict | None) -> list:
                                {d.name: d.cfg.model.tau for d in spec.datasets})
     write_best_configs(spec, best, {n: staged[n][0] for n in names})
     print((spec.out / "sweep.md").read_text())
+    for name, record in best.items():
+        print(f"[tune] dataset {name}: best {best_summary(record, spec.metric)}", flush=True)
     print(f"[tune] sweep {spec.name}: {len(records)} trials in {time.perf_counter() - t0:.0f} s; "
           f"outputs in {spec.out}", flush=True)
     return records
