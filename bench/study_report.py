@@ -108,8 +108,9 @@ def fit_table(runs: dict[str, list[dict]]) -> str:
 def selection_table(roots: list[Path]) -> str:
     """Default-choosing runs: one row per root, its overrides, val NDCG@10 (windows 0-8) — and test
     AVG shown only for the record, never used for the choice."""
-    lines = ["| preset | overrides | variant, seed | val NDCG@10, mean of windows 0-8 (%) | (test AVG NDCG@10, not used) |",
-             "|---|---|---|---:|---:|"]
+    lines = ["| preset | overrides | variant, seed | val NDCG@10, mean of windows 0-8 (%) | epochs (all windows) | "
+             "windows at the cap | (test AVG NDCG@10, not used) |",
+             "|---|---|---|---:|---:|---:|---:|"]
     for root in roots:
         study = json.loads((root / "study.json").read_text()) if (root / "study.json").exists() else {}
         runs = load_runs(root, VARIANTS, range(10))
@@ -117,10 +118,14 @@ def selection_table(roots: list[Path]) -> str:
             for r in rs:
                 val = np.mean([100 * w["val_ndcg10"] for w in r["history"]])
                 test = per_window([r], "ndcg10")[1].mean()
+                epochs = sum(w["epochs"] for w in r["history"])
+                cap = r["config"].get("train", {}).get("max_epochs")
+                at_cap = sum(w["epochs"] >= cap for w in r["history"]) if cap else "?"
                 sets = " ".join(o for o in study.get("overrides", [])
                                 if not o.startswith(("data.path", "backbone.text", "cache.dir")))  # where, not what
                 sets = f"`{sets}`" if sets else "(defaults)"
-                lines.append(f"| {study.get('config', '?')} | {sets} | {v}, {r['seed']} | {val:.2f} | ({test:.2f}) |")
+                lines.append(f"| {study.get('config', '?')} | {sets} | {v}, {r['seed']} | {val:.2f} | {epochs} | "
+                             f"{at_cap} of {len(r['history'])} | ({test:.2f}) |")
     return "\n".join(lines) + "\n"
 
 
