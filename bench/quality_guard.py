@@ -164,7 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--record", action="store_true", help="write these figures into docs/RESULTS.md as the new reference")
     p.add_argument("--fresh", action="store_true", help="re-run finished runs")
     p.add_argument("overrides", nargs="*", help="key=value settings for every run (default: the project's defaults)")
-    args = p.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # key=value words are the overrides wherever they stand (after --seeds 0 1 2, argparse would take them as seeds)
+    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+    args = p.parse_args([a for a in argv if a not in overrides])
+    args.overrides = overrides
     args.data, args.root = args.data.resolve(), args.root.resolve()
     missing = [d for d in ("ml-1m", "all-MiniLM-L6-v2") if not (args.data / d).exists()]
     if missing:
