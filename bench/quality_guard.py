@@ -114,8 +114,8 @@ def record_block(args, results: dict[str, list[dict]], minutes: float) -> str:
     return "\n".join(lines)
 
 
-def write_record(block: str) -> None:
-    text = RESULTS.read_text()
+def with_record(text: str, block: str) -> str:
+    """``text`` (RESULTS.md) with its guard block replaced by ``block``, or ``block`` added."""
     if BEGIN in text:
         start = text.rfind(BEGIN)
         text = text[:start] + block + text[text.index(END, start) + len(END):]
@@ -124,11 +124,20 @@ def write_record(block: str) -> None:
         text = text[:i] + "### Quality guard (bench/quality_guard.py)\n\n" + block + "\n" + text[i:]
     else:
         text += "\n## Quality guard (bench/quality_guard.py)\n\n" + block + "\n"
-    RESULTS.write_text(text)
+    return text
 
 
-def compare(args, results: dict[str, list[dict]]) -> int:
-    rec = recorded(RESULTS.read_text()) if RESULTS.exists() else None
+def verdict(recorded_seeds: list[float], now: float) -> tuple[float, float, str]:
+    """``(recorded mean, spread, verdict)``: REGRESSION below mean − spread, better above mean + spread."""
+    mean, sp = statistics.mean(recorded_seeds), spread(recorded_seeds)
+    if now < mean - max(sp, 1e-3):  # 1e-3: the table's rounding
+        return mean, sp, "REGRESSION"
+    return mean, sp, "better" if now > mean + sp else "ok"
+
+
+def compare(args, results: dict[str, list[dict]], text: str) -> int:
+    """Print each variant against the last recorded guard table of ``text``; the number of regressions."""
+    rec = recorded(text)
     if rec is None:
         print("[guard] no recorded guard table in docs/RESULTS.md: run with --record first")
         return 0
@@ -143,11 +152,9 @@ def compare(args, results: dict[str, list[dict]]) -> int:
         if v not in per_seed:
             print(f"{v:<8} {'(none)':>16} {now:8.3f}")
             continue
-        mean, sp = statistics.mean(per_seed[v]), spread(per_seed[v])
-        fell = now < mean - max(sp, 1e-3)  # 1e-3: the table's rounding
-        regressions += fell
-        verdict = "REGRESSION" if fell else ("better" if now > mean + sp else "ok")
-        print(f"{v:<8} {mean:9.3f} ± {sp:5.3f} {now:8.3f} {now - mean:+8.3f}  {verdict}")
+        mean, sp, word = verdict(per_seed[v], now)
+        regressions += word == "REGRESSION"
+        print(f"{v:<8} {mean:9.3f} ± {sp:5.3f} {now:8.3f} {now - mean:+8.3f}  {word}")
     return regressions
 
 
@@ -182,11 +189,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[guard] {v}: AVG NDCG@10 {per_seed} (seeds {args.seeds})")
     print(f"[guard] popularity of D_(s-1): {pop:.3f}")
     if args.record:
-        write_record(record_block(args, results, minutes))
+        RESULTS.write_text(with_record(RESULTS.read_text(), record_block(args, results, minutes)))
         print(f"[guard] recorded in {RESULTS}")
         regressions = 0
     else:
-        regressions = compare(args, results)
+        regressions = compare(args, results, RESULTS.read_text() if RESULTS.exists() else "")
     figures = " ".join(f"{v}_ndcg10={statistics.mean(r['ndcg'] for r in rs):.3f}" for v, rs in results.items())
     print(f"{figures} popularity_ndcg10={pop:.3f} regressions={regressions} minutes={minutes:.1f}")
     return 1 if regressions else 0

@@ -1,0 +1,48 @@
+"""bench/quality_guard.py's bookkeeping: the recorded table round-trips and a fall beyond the seed spread is flagged."""
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))  # quality_guard imports results_study from bench/
+_spec = importlib.util.spec_from_file_location("quality_guard", BENCH / "quality_guard.py")
+guard = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(guard)
+from results_study import ANALYSIS_BEGIN, ANALYSIS_END  # noqa: E402
+
+ARGS = SimpleNamespace(users=400, overrides=[], seeds=[0, 1, 2])
+RESULTS = {"xsmoe": [{"ndcg": 5.2}, {"ndcg": 5.4}, {"ndcg": 5.3}], "noft": [{"ndcg": 4.0, "pop": 1.4}] * 3}
+RESULTS["xsmoe"][0]["pop"] = 1.4
+DOC = f"# Results\n\n## Analysis\n\n{ANALYSIS_BEGIN}\nhand-written\n{ANALYSIS_END}\n"
+
+
+def test_a_recorded_block_reads_back_per_seed_inside_the_kept_analysis():
+    text = guard.with_record(DOC, guard.record_block(ARGS, RESULTS, 7.5))
+    assert text.index(ANALYSIS_BEGIN) < text.index(guard.BEGIN) < text.index(ANALYSIS_END)
+    setting, per_seed = guard.recorded(text)
+    assert setting == guard.settings_key(ARGS) == "users=400 overrides=(defaults)"
+    assert per_seed == {"xsmoe": [5.2, 5.4, 5.3], "noft": [4.0, 4.0, 4.0]}
+    # a new record replaces the old one: one block, the new figures
+    again = guard.with_record(text, guard.record_block(ARGS, {"xsmoe": [{"ndcg": 6.0, "pop": 1.4}]}, 1.0))
+    assert again.count(guard.BEGIN) == 1 and guard.recorded(again)[1] == {"xsmoe": [6.0]}
+    assert "hand-written" in again
+
+
+def test_a_fall_beyond_the_seed_spread_is_a_regression_and_a_recorded_seed_is_not():
+    seeds = [5.2, 5.4, 5.3]  # mean 5.3, spread 0.2
+    assert guard.verdict(seeds, 5.2)[2] == "ok"  # unchanged code reproduces its recorded seed
+    assert guard.verdict(seeds, 5.11)[2] == "ok"
+    assert guard.verdict(seeds, 5.09)[2] == "REGRESSION"
+    assert guard.verdict(seeds, 5.55)[2] == "better"
+    assert guard.verdict([5.0, 5.0, 5.0], 4.99)[2] == "REGRESSION"  # zero spread: any real fall counts
+
+
+def test_compare_counts_regressions_against_the_last_recorded_table(capsys):
+    text = guard.with_record(DOC, guard.record_block(ARGS, RESULTS, 7.5))
+    now = {"xsmoe": [{"ndcg": 4.9}], "noft": [{"ndcg": 4.0}]}
+    assert guard.compare(SimpleNamespace(users=400, overrides=[]), now, text) == 1
+    out = capsys.readouterr().out
+    assert "xsmoe" in out and "REGRESSION" in out
+    assert guard.compare(SimpleNamespace(users=400, overrides=[]), now, DOC) == 0  # nothing recorded yet
