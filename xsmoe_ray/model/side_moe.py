@@ -27,8 +27,7 @@ Utilization (Eq. 5 as written, over the experts only, as DESIGN.md fixes)::
 
 so the scores of a layer's experts sum to one and the paper's τ grid {0.05 … 0.25} compares with
 expert shares (with 9 experts the mean share is 0.11). The backbone's share ``alpha_0`` is reported
-beside it (router weights), not mixed into the score.
-
+beside it (router weights), not mixed into the score. The score
 is accumulated per sample (here: per unique item of a batch) as a plain sum of ratios and a count,
 only in training mode while ``track_utilization`` is on, so batches and ranks merge by addition.
 """
@@ -112,11 +111,11 @@ class SideLayer(nn.Module):
             out.addmm_(a.to(dtype), b_up.to(dtype))  # + sum_j alpha_j b_j
             out.addmm_(g.to(dtype), w_up.t().to(dtype))  # + sum_j U_j (alpha_j g_j)
         if self.track_utilization and self.training:
-            self._accumulate(h.detach(), l.detach(), alpha.detach())
+            self._accumulate(h.detach(), alpha.detach())
         return out
 
     @torch.no_grad()
-    def _accumulate(self, h: torch.Tensor, l: torch.Tensor, alpha: torch.Tensor) -> None:
+    def _accumulate(self, h: torch.Tensor, alpha: torch.Tensor) -> None:
         z = torch.stack([e(h) for e in self.experts], 1).float()  # [n, N, d]
         norms = z.norm(dim=-1) * alpha[:, 1:].float()  # [n, N]
         ratios = norms / norms.sum(-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
