@@ -59,7 +59,8 @@ def run_one(args, variant: str, seed: int) -> dict:
     """The run's AVG NDCG@10 and popularity over its test windows, in %; runs it unless it is finished."""
     cmd = stream_command(args, variant, seed)
     history = run_dir(args, variant, seed) / "history.json"
-    if args.fresh or not history.exists():
+    ran = args.fresh or not history.exists()
+    if ran:
         history.parent.mkdir(parents=True, exist_ok=True)
         print(f"[guard] {variant} seed {seed}: {shlex.join(cmd)}", flush=True)
         t0 = time.perf_counter()
@@ -73,7 +74,7 @@ def run_one(args, variant: str, seed: int) -> dict:
         raise SystemExit(f"[guard] {history}: no test windows")
     return {"ndcg": 100 * statistics.mean(r["ndcg10"] for r in rows),
             "pop": 100 * statistics.mean(r["pop_ndcg10"] for r in rows),
-            "windows": len(rows)}
+            "windows": len(rows), "ran": ran}
 
 
 def settings_key(args) -> str:
@@ -102,7 +103,9 @@ def record_block(args, results: dict[str, list[dict]], minutes: float) -> str:
     lines = [BEGIN, "", f"settings: {settings_key(args)}", "",
              f"Recorded {time.strftime('%Y-%m-%d')} at commit {commit} by "
              f"`python bench/quality_guard.py --record --seeds {' '.join(map(str, args.seeds))}"
-             f"{' ' + shlex.join(args.overrides) if args.overrides else ''}` ({minutes:.1f} minutes for all seeds). "
+             f"{' ' + shlex.join(args.overrides) if args.overrides else ''}` "
+             + (f"({minutes:.1f} minutes for all seeds). " if all(r["ran"] for rs in results.values() for r in rs)
+                else "(from runs finished before, under --root). ") +
              f"AVG NDCG@10 over D_2…D_9 in %; the guard flags a variant that falls below the mean by more than "
              f"the spread (max − min over these seeds).", "",
              "| variant | mean | spread | per seed |", "|---|---:|---:|---|"]

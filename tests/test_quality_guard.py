@@ -13,7 +13,8 @@ _spec.loader.exec_module(guard)
 from results_study import ANALYSIS_BEGIN, ANALYSIS_END  # noqa: E402
 
 ARGS = SimpleNamespace(users=400, overrides=[], seeds=[0, 1, 2])
-RESULTS = {"xsmoe": [{"ndcg": 5.2}, {"ndcg": 5.4}, {"ndcg": 5.3}], "noft": [{"ndcg": 4.0, "pop": 1.4}] * 3}
+RESULTS = {"xsmoe": [{"ndcg": 5.2, "ran": True}, {"ndcg": 5.4, "ran": True}, {"ndcg": 5.3, "ran": True}],
+           "noft": [{"ndcg": 4.0, "pop": 1.4, "ran": True}] * 3}
 RESULTS["xsmoe"][0]["pop"] = 1.4
 DOC = f"# Results\n\n## Analysis\n\n{ANALYSIS_BEGIN}\nhand-written\n{ANALYSIS_END}\n"
 
@@ -25,8 +26,9 @@ def test_a_recorded_block_reads_back_per_seed_inside_the_kept_analysis():
     assert setting == guard.settings_key(ARGS) == "users=400 overrides=(defaults)"
     assert per_seed == {"xsmoe": [5.2, 5.4, 5.3], "noft": [4.0, 4.0, 4.0]}
     # a new record replaces the old one: one block, the new figures
-    again = guard.with_record(text, guard.record_block(ARGS, {"xsmoe": [{"ndcg": 6.0, "pop": 1.4}]}, 1.0))
+    again = guard.with_record(text, guard.record_block(ARGS, {"xsmoe": [{"ndcg": 6.0, "pop": 1.4, "ran": False}]}, 1.0))
     assert again.count(guard.BEGIN) == 1 and guard.recorded(again)[1] == {"xsmoe": [6.0]}
+    assert "(7.5 minutes for all seeds)" in text and "from runs finished before" in again
     assert "hand-written" in again
 
 
