@@ -68,9 +68,10 @@ class WindowData:
     test: Cases | None
 
 
-def window_data(stream: Stream, c: int, n_items: int, rows: str = "sliding") -> WindowData:
+def window_data(stream: Stream, c: int, n_items: int, layout: str = "sliding") -> WindowData:
+    """``layout``: ``train.rows`` (see the module docstring)."""
     targets = stream.train_targets(c)
-    rows = training_rows(stream, targets, rows)
+    rows = training_rows(stream, targets, layout)
     val = eval_cases(stream, stream.val_cases(c), stream.candidates(c))
     test = None
     if c + 1 < stream.n_chunks:
