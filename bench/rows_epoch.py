@@ -9,7 +9,7 @@ Builds the preset's prepared stream and layer cache with the project's own data 
 current; or takes ``--prepared``/``--cache`` as written by ``bench/hm_scale.py``), then for each layout
 of ``xsmoe_ray/train/data.py``, in a fresh process so its peak resident memory is its own:
 
-* builds the window's rows (``window_data(..., rows=layout)``; seconds and MB of the row array);
+* builds the window's rows (``window_data(..., layout)``; seconds and MB of the row array);
 * times training epochs through the real step (``model(seq, log_pop, first)``, Adam, the preset's
   batch size and precision). With ``--max-steps`` an epoch is estimated as the median step time ×
   the epoch's batches (for windows too large to train whole on this machine);
