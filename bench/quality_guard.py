@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from concurrent.futures import ThreadPoolExecutor
 import re
 import shlex
 import statistics
@@ -173,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--record", action="store_true", help="write these figures into docs/RESULTS.md as the new reference")
     p.add_argument("--fresh", action="store_true", help="re-run finished runs")
+    p.add_argument("--jobs", type=int, default=2,
+                   help="runs at a time (each trains in one Ray worker on one core; results do not depend on it)")
     p.add_argument("overrides", nargs="*", help="key=value settings for every run (default: the project's defaults)")
     argv = sys.argv[1:] if argv is None else argv
     # key=value words are the overrides wherever they stand (after --seeds 0 1 2, argparse would take them as seeds)
@@ -184,7 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         raise SystemExit(f"[guard] {args.data} lacks {missing}: python -m xsmoe_ray.datasets ml1m --out {args.data}")
     t0 = time.perf_counter()
-    results = {v: [run_one(args, v, s) for s in args.seeds] for v in args.variants}
+    pairs = [(v, s) for v in args.variants for s in args.seeds]
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:  # each run is its own process: threads only wait
+        done = dict(zip(pairs, pool.map(lambda vs: run_one(args, *vs), pairs)))
+    results = {v: [done[v, s] for s in args.seeds] for v in args.variants}
     minutes = (time.perf_counter() - t0) / 60
     pop = next(iter(results.values()))[0]["pop"]
     for v, rs in results.items():
