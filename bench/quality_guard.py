@@ -27,6 +27,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 import re
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -62,6 +63,8 @@ def run_one(args, variant: str, seed: int) -> dict:
     history = run_dir(args, variant, seed) / "history.json"
     ran = args.fresh or not history.exists()
     if ran:
+        if args.fresh:  # else the run would resume from its last window checkpoint
+            shutil.rmtree(history.parent, ignore_errors=True)
         history.parent.mkdir(parents=True, exist_ok=True)
         print(f"[guard] {variant} seed {seed}: {shlex.join(cmd)}", flush=True)
         t0 = time.perf_counter()
