@@ -15,8 +15,10 @@ prints ``REGRESSION`` and the exit status is 1. A run is deterministic for a see
 unchanged code reproduces its recorded seed and never trips the guard. The popularity of D_(s-1)
 reference is printed beside (it depends on the data only).
 
-Runs are kept under ``--root`` (the prepared windows and the layer cache are built once and reused;
-a finished run is not repeated unless ``--fresh``). Last line:
+Runs are kept under ``--root/--label`` in ``bench/results_study.py``'s layout (``runs/<variant>_s<seed>``,
+``logs/``, ``study.json``), so ``bench/study_report.py --selection`` reads them; the prepared windows
+and the layer cache are built once under ``--root`` and reused; a finished run is not repeated unless
+``--fresh``. Last line:
 ``xsmoe_ndcg10= static_ndcg10= noft_ndcg10= popularity_ndcg10= regressions= minutes=``
 """
 
@@ -24,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from concurrent.futures import ThreadPoolExecutor
 import re
 import shlex
 import shutil
@@ -32,11 +33,13 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
+import results_study  # noqa: E402
 from results_study import ANALYSIS_END  # noqa: E402
 from xsmoe_ray.report import dedupe_windows, test_rows  # noqa: E402
 
@@ -45,40 +48,48 @@ RESULTS = REPO / "docs" / "RESULTS.md"
 BEGIN, END = "<!-- quality-guard:begin -->", "<!-- quality-guard:end -->"
 
 
-def run_dir(args, variant: str, seed: int) -> Path:
-    return args.root / args.label / f"{variant}_s{seed}"
+def label_root(args) -> Path:
+    """``<root>/<label>``: a study root of ``bench/results_study.py``'s layout, so ``bench/study_report.py
+    --selection`` reads guard runs as they are."""
+    return args.root / args.label
 
 
-def stream_command(args, variant: str, seed: int) -> list[str]:
-    run = run_dir(args, variant, seed)
-    return [sys.executable, "-m", "xsmoe_ray.stream", "--config", "ml1m",
-            f"data.path={args.data / 'ml-1m'}", f"backbone.text={args.data / 'all-MiniLM-L6-v2'}",
-            f"data.sample_users={args.users}", f"cache.dir={args.root / 'cache'}", f"run.out={run}",
-            f"model.variant={variant}", f"run.seed={seed}", *args.overrides]
+def run_overrides(args) -> list[str]:
+    """Every run's settings: the data, the user sample, one cache shared by all labels, then the user's."""
+    return [f"data.path={args.data / 'ml-1m'}", f"backbone.text={args.data / 'all-MiniLM-L6-v2'}",
+            f"data.sample_users={args.users}", f"cache.dir={args.root / 'cache'}", *args.overrides]
+
+
+def write_study_json(args) -> None:
+    root = label_root(args)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "study.json").write_text(json.dumps(
+        {"config": f"ml1m, {args.users} users", "overrides": list(args.overrides)}))
 
 
 def run_one(args, variant: str, seed: int) -> dict:
     """The run's AVG NDCG@10 and popularity over its test windows, in %; runs it unless it is finished."""
-    cmd = stream_command(args, variant, seed)
-    history = run_dir(args, variant, seed) / "history.json"
+    cmd = results_study.stream_command("ml1m", label_root(args), variant, seed, run_overrides(args))
+    history = results_study.run_dir(label_root(args), variant, seed) / "history.json"
+    log_path = label_root(args) / "logs" / f"{variant}_s{seed}.log"
     ran = args.fresh or not history.exists()
     if ran:
         if args.fresh:  # else the run would resume from its last window checkpoint
             shutil.rmtree(history.parent, ignore_errors=True)
-        history.parent.mkdir(parents=True, exist_ok=True)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
         print(f"[guard] {variant} seed {seed}: {shlex.join(cmd)}", flush=True)
         t0 = time.perf_counter()
-        with open(history.parent.with_suffix(".log"), "w") as log:
+        with open(log_path, "w") as log:
             rc = subprocess.call(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         if rc != 0 or not history.exists():
-            raise SystemExit(f"[guard] {variant} seed {seed} failed (exit {rc}); log: {history.parent.with_suffix('.log')}")
+            raise SystemExit(f"[guard] {variant} seed {seed} failed (exit {rc}); log: {log_path}")
         print(f"[guard] {variant} seed {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
     rows = test_rows(dedupe_windows(json.loads(history.read_text())))
     if not rows:
         raise SystemExit(f"[guard] {history}: no test windows")
     return {"ndcg": 100 * statistics.mean(r["ndcg10"] for r in rows),
             "pop": 100 * statistics.mean(r["pop_ndcg10"] for r in rows),
-            "windows": len(rows), "ran": ran}
+            "ran": ran}
 
 
 def settings_key(args) -> str:
@@ -189,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     missing = [d for d in ("ml-1m", "all-MiniLM-L6-v2") if not (args.data / d).exists()]
     if missing:
         raise SystemExit(f"[guard] {args.data} lacks {missing}: python -m xsmoe_ray.datasets ml1m --out {args.data}")
+    write_study_json(args)
     t0 = time.perf_counter()
     pairs = [(v, s) for v in args.variants for s in args.seeds]
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:  # each run is its own process: threads only wait

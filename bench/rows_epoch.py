@@ -124,8 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [sys.executable, __file__, "--only", layout, "--config", args.config, "--window", str(args.window),
                "--epochs", str(args.epochs), "--max-steps", str(args.max_steps), "--root", str(args.root),
                "--prepared", str(args.prepared), "--cache", str(args.cache), *args.overrides]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-        r = results[layout] = json.loads(out)
+        child = subprocess.run(cmd, capture_output=True, text=True)
+        if child.returncode != 0:  # the child's own error, not a bare CalledProcessError
+            raise SystemExit(f"rows_epoch: layout {layout} failed (exit {child.returncode}):\n{child.stderr[-3000:]}")
+        r = results[layout] = json.loads(child.stdout.strip().splitlines()[-1])
         print(f"{layout:<8} {r['rows']:>11,} rows ({r['rows_mb']:.0f} MB, built in {r['build_s']:.1f} s), "
               f"{r['loss_positions']:>11,} loss positions for {r['targets']:,} targets, epoch "
               f"{r['epoch_s']:.2f} s{' (estimated from steps)' if r['estimated'] else ''}, "
