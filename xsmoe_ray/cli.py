@@ -14,10 +14,12 @@ from xsmoe_ray.backbones import BackboneError
 from xsmoe_ray.cache import CacheError
 from xsmoe_ray.config import ConfigError
 from xsmoe_ray.data.schema import DataError
+from xsmoe_ray.recommender import RecommendError
 from xsmoe_ray.runlock import RunLockedError
 from xsmoe_ray.streaming import StreamError
 
-USER_ERRORS = (ConfigError, DataError, StreamError, CacheError, BackboneError, RunLockedError, FileNotFoundError)
+USER_ERRORS = (ConfigError, DataError, StreamError, CacheError, BackboneError, RunLockedError, FileNotFoundError,
+               RecommendError)
 
 
 def run_guarded(action: Callable[[], object]) -> int:

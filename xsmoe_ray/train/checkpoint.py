@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -40,9 +41,22 @@ def save_state(directory: str | Path, state: WindowState, config: dict) -> Path:
 
 
 def load_state(directory: str | Path) -> WindowState:
+    with open(Path(directory) / STATE_FILE, "rb") as f:
+        return read_state(f)
+
+
+def read_state(source: BinaryIO) -> WindowState:
+    """A checkpoint's ``state.pt`` from any binary file (a local file, a pyarrow stream from S3)."""
+    state, _ = read_state_and_config(source)
+    return state
+
+
+def read_state_and_config(source: BinaryIO) -> tuple[WindowState, dict]:
+    """:func:`read_state` plus the run settings the checkpoint was written with (``to_dict`` form)."""
     # weights_only: a checkpoint read from shared storage (S3, NFS) must not be able to run code on load.
-    blob = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
+    blob = torch.load(source, map_location="cpu", weights_only=True)
     model = XSMoE.from_structure(blob["structure"])
     model.load_state_dict(blob["model"])
-    return WindowState(window=int(blob["window"]), model=model, history=list(blob["history"]),
-                       replay=blob.get("replay"))
+    state = WindowState(window=int(blob["window"]), model=model, history=list(blob["history"]),
+                        replay=blob.get("replay"))
+    return state, blob["config"]

@@ -23,6 +23,7 @@ import torch
 from xsmoe_ray.config import TrainConfig
 from xsmoe_ray.evaluate import RankingSums, evaluate
 from xsmoe_ray.model.loss import batch_candidates
+from xsmoe_ray.scoring import ItemTable
 from xsmoe_ray.train.data import Cases, WindowData, epoch_batches, split_rows
 from xsmoe_ray.train.sync import all_reduce_sum, rank_and_world, unwrap
 
@@ -66,16 +67,8 @@ def evaluate_cases(model: torch.nn.Module, cases: Cases, device: torch.device, m
     raw = unwrap(model)
     was_training = raw.training
     raw.eval()
-    candidates = torch.from_numpy(cases.candidates).to(device)
-    table = raw.item_embeddings(candidates, chunk_size=8192)  # [C, D], once per evaluation
-    # Context items are candidates too (seen before): users are encoded from these rows rather than
-    # by running the item tower again per batch (the larger cost at 105k items, docs/BENCHMARKS.md).
-    by_id = torch.zeros(raw.n_item_rows, table.shape[1], dtype=table.dtype, device=device)
-    have = torch.zeros(raw.n_item_rows, dtype=torch.bool, device=device)
-    by_id[candidates], have[candidates] = table, True
-    table = table.float()
-    sums = _ranked(lambda ctx, out: torch.mm(raw.user_embedding(ctx, (by_id, have)).float(), table.T, out=out),
-                   cases, candidates, mask_history, batch_size)
+    items = ItemTable(raw, torch.from_numpy(cases.candidates).to(device))  # once per evaluation
+    sums = _ranked(items.scores, cases, items.candidates, mask_history, batch_size)
     raw.train(was_training)
     return sums
 

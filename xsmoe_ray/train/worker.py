@@ -55,6 +55,15 @@ def new_model(cfg: ExperimentConfig, features: dict[str, torch.Tensor]) -> XSMoE
                        new_expert_init=cfg.model.new_expert_init)
 
 
+def model_features(cfg: ExperimentConfig, cache: str | Path, device) -> dict[str, torch.Tensor]:
+    """The cached layer states the configured variant reads, grouped (``visual``/``textual``: one modality)."""
+    modalities = list(open_cache(cache).arrays)
+    if cfg.model.variant in ("visual", "textual"):
+        wanted = "image" if cfg.model.variant == "visual" else "text"
+        modalities = [m for m in modalities if m == wanted] or modalities
+    return load_grouped(cache, cfg.model.layers_per_group, modalities, device)
+
+
 def warm_up_items(stream) -> torch.Tensor:
     """The items of D_0 (every split): the only items the feature standardisation is fitted on."""
     return torch.from_numpy(np.unique(stream.item[stream.rows(0)]).astype(np.int64))
@@ -97,11 +106,7 @@ def run_windows(config: dict, report: ReportFn, get_checkpoint: Callable[[], obj
     rank, _ = rank_and_world()
     prepared = load_prepared(config["prepared"])
     stream = prepared.stream
-    modalities = list(open_cache(config["cache"]).arrays)
-    if cfg.model.variant in ("visual", "textual"):
-        wanted = "image" if cfg.model.variant == "visual" else "text"
-        modalities = [m for m in modalities if m == wanted] or modalities
-    features = load_grouped(config["cache"], cfg.model.layers_per_group, modalities, device)
+    features = model_features(cfg, config["cache"], device)
     state = restore(get_checkpoint())
     if state is None:
         torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank and every run
