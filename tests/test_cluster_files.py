@@ -260,3 +260,26 @@ def test_cluster_fits_the_jobs():
     assert cfg.cache.use_gpu and sweep.datasets[0].cfg.cache.use_gpu  # GPU encoders asked for, not guessed
     # Train-inside-trial: Tune must not start more trials than the cluster's GPUs can hold at once.
     assert 0 < sweep.max_concurrent_trials * r.workers * max(r.gpu, 1) <= total_gpus
+
+
+def test_serve_config_is_valid_and_serves_the_stream_jobs_run():
+    """cluster/serve.yaml passes Serve's own schema, names the app builder, gives it valid arguments,
+    and serves the run the cluster's stream job writes."""
+    from ray.serve.schema import ServeDeploySchema
+
+    from xsmoe_ray import serve as xsmoe_serve
+
+    doc = load("serve.yaml")
+    ServeDeploySchema.model_validate(doc)  # raises on unknown fields or bad values
+    broken = copy.deepcopy(doc)
+    broken["applications"][0]["improt_path"] = broken["applications"][0].pop("import_path")
+    with pytest.raises(Exception, match="import_path"):  # the check above can fail
+        ServeDeploySchema.model_validate(broken)
+    app = doc["applications"][0]
+    module, name = app["import_path"].split(":")
+    assert module == "xsmoe_ray.serve" and getattr(xsmoe_serve, name) is xsmoe_serve.app
+    args = xsmoe_serve.ServeArgs.model_validate(app["args"])
+    stream = shlex.split(load("kuberay/rayjob-stream.yaml")["spec"]["entrypoint"])
+    assert args.run_out == load_config("hm", [a for a in stream if "=" in a]).run.out
+    assert args.run_out.startswith(SHARED)
+    assert "[serve]" in (CLUSTER / "Dockerfile").read_text()  # the image can run the app
