@@ -20,7 +20,7 @@ from pathlib import Path
 from xsmoe_ray.cli import run_guarded
 from xsmoe_ray.config import FORMATS, ConfigError, ExperimentConfig, load_config, valid_keys
 from xsmoe_ray.data import load_dataset
-from xsmoe_ray.prepared import is_current, write_prepared
+from xsmoe_ray.prepared import is_current, read_summary, write_prepared
 from xsmoe_ray.streaming import build_stream
 
 
@@ -55,22 +55,32 @@ def ensure_synthetic(cfg: ExperimentConfig, root: Path) -> None:
         raise ConfigError(f"data.path: {e}") from e
 
 
-def prepare_data(cfg: ExperimentConfig, out: str | Path, *, force: bool = False, log=print) -> dict:
-    """Load → stream protocol → write, unless ``out`` already holds this exact preparation."""
+def prepare_data(cfg: ExperimentConfig, out: str | Path, *, force: bool = False, extend: bool = False,
+                 log=print) -> dict:
+    """Load → stream protocol → write, unless ``out`` already holds this exact preparation.
+
+    ``extend``: ``out`` belongs to a run with trained windows; if the data grew, append its new
+    chunks and refuse data that changes the processed past (xsmoe_ray/live.py), instead of
+    preparing every chunk anew."""
     out = Path(out).expanduser().resolve()
     root = source_dir(cfg, out.parent)
     if cfg.data.format == "synthetic":
         ensure_synthetic(cfg, root)
     if not force and is_current(out, cfg.data, str(root)):
         log(f"[prepare] reusing {out} (same data settings)")
-        from xsmoe_ray.prepared import read_summary
-
         return read_summary(out)
     t0 = time.perf_counter()
     ds = load_dataset(cfg.data.format, root, category=cfg.data.category, date_from=cfg.data.date_from,
                       date_to=cfg.data.date_to, dedup=cfg.data.dedup, sample_users=cfg.data.sample_users,
                       sample_seed=cfg.data.sample_seed, recbole=recbole_options(cfg))
     log(ds.report.format())
+    old = read_summary(out) if extend and not force else None
+    if old is not None:
+        from xsmoe_ray.live import extend_prepared
+
+        summary = extend_prepared(out, ds, old, cfg, str(root), log)
+        log(format_chunks(summary))
+        return summary
     stream = build_stream(ds, cfg.data.chunks, cfg.data.k_core, cfg.data.train_frac, cfg.data.max_len)
     summary = write_prepared(out, ds, stream, cfg.data, str(root))
     log(format_chunks(summary))

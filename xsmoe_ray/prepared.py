@@ -6,6 +6,8 @@ Layout (all parquet written with pyarrow; the directory appears whole or not at 
     users.parquet        user, user_id
     windows/chunk_NN.parquet
                          user, item, ts, split (0 train / 1 val), has_history, context[L]
+    row_hashes.npy       a hash of every processed interaction, so a continued run can check
+                         that its past is unchanged (xsmoe_ray/live.py)
     summary.json         dataset, per-chunk counts, totals, modalities, the data config, load report
     load_report.json     rows read, dropped and why (the reader's LoadReport)
 
@@ -30,6 +32,7 @@ import pyarrow.parquet as pq
 
 from xsmoe_ray.config import DataConfig
 from xsmoe_ray.data.schema import Dataset
+from xsmoe_ray.live import row_hashes, write_row_hashes
 from xsmoe_ray.streaming import Stream
 
 SUMMARY = "summary.json"
@@ -94,6 +97,8 @@ def summary_of(ds: Dataset, stream: Stream, cfg: DataConfig, source: str) -> dic
             "items_in_catalogue": ds.n_items,
         },
         "per_chunk": stream.stats,
+        "chunk_size": round(sum(c["interactions_before_kcore"] for c in stream.stats) / stream.n_chunks),
+        "waiting_rows": 0,
         "load_report": ds.report.to_dict(),
     }
 
@@ -123,17 +128,22 @@ def _write_tables(root: Path, ds: Dataset, stream: Stream) -> None:
     pq.write_table(users, root / "users.parquet")
     (root / "windows").mkdir()
     for c in range(stream.n_chunks):
-        r = stream.rows(c)
-        ctx = stream.context[r]
-        table = pa.table({
-            "user": stream.user[r],
-            "item": stream.item[r],
-            "ts": stream.ts[r],
-            "split": stream.split[r],
-            "has_history": stream.has_history[r],
-            "context": pa.FixedSizeListArray.from_arrays(pa.array(ctx.reshape(-1)), ctx.shape[1]),
-        })
-        pq.write_table(table, root / "windows" / f"chunk_{c:02d}.parquet")
+        _write_chunk(root / "windows", stream, c)
+    write_row_hashes(root, row_hashes(ds))
+
+
+def _write_chunk(windows: Path, stream: Stream, c: int) -> None:
+    r = stream.rows(c)
+    ctx = stream.context[r]
+    table = pa.table({
+        "user": stream.user[r],
+        "item": stream.item[r],
+        "ts": stream.ts[r],
+        "split": stream.split[r],
+        "has_history": stream.has_history[r],
+        "context": pa.FixedSizeListArray.from_arrays(pa.array(ctx.reshape(-1)), ctx.shape[1]),
+    })
+    pq.write_table(table, windows / f"chunk_{c:02d}.parquet")
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:

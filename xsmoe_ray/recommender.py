@@ -25,19 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
 import yaml
 
 from xsmoe_ray.config import ExperimentConfig, RunConfig, from_dict
 from xsmoe_ray.prepared import read_summary
-from xsmoe_ray.rundir import is_uri, run_dir
+from xsmoe_ray.rundir import read_bytes, run_dir, snapshot_location
 from xsmoe_ray.scoring import ItemTable
 from xsmoe_ray.train.checkpoint import STATE_FILE, read_state_and_config
-
-SNAPSHOT = "checkpoint_manager_snapshot.json"
-
 
 class RecommendError(ValueError):
     """A request the run cannot answer: unknown users or items, a window without a checkpoint."""
@@ -49,15 +45,7 @@ class WindowCheckpoint:
     location: str  # a local directory or a URI
 
     def read(self) -> bytes:
-        return _read_bytes(f"{self.location}/{STATE_FILE}")
-
-
-def _read_bytes(location: str) -> bytes:
-    if not is_uri(location):
-        return Path(location).read_bytes()
-    fs, path = pafs.FileSystem.from_uri(location)
-    with fs.open_input_stream(path) as f:
-        return f.read()
+        return read_bytes(f"{self.location}/{STATE_FILE}")
 
 
 def _run_config(run_out: str) -> ExperimentConfig:
@@ -72,16 +60,16 @@ def _run_config(run_out: str) -> ExperimentConfig:
 def registered_windows(run_out: str) -> list[WindowCheckpoint]:
     """The run's registered window checkpoints, oldest first ([] before the first window ends)."""
     cfg = _run_config(run_out)
-    storage = f"{run_dir(RunConfig(out=run_out)).storage}/{cfg.run.name}"
+    storage = run_dir(RunConfig(out=run_out)).storage
     try:
-        snapshot = json.loads(_read_bytes(f"{storage}/{SNAPSHOT}"))
+        snapshot = json.loads(read_bytes(snapshot_location(storage, cfg.run.name)))
     except (FileNotFoundError, json.JSONDecodeError):  # no window yet, or Ray is rewriting it
         return []
     out = []
     for entry in snapshot.get("checkpoint_results", []):
         name, metrics = entry.get("checkpoint_dir_name"), entry.get("metrics") or {}
         if name and "window" in metrics:
-            out.append(WindowCheckpoint(int(metrics["window"]), f"{storage}/{name}"))
+            out.append(WindowCheckpoint(int(metrics["window"]), f"{storage}/{cfg.run.name}/{name}"))
     return sorted(out, key=lambda c: c.window)
 
 

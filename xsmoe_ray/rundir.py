@@ -61,3 +61,28 @@ def default_local_dir(uri: str) -> Path:
     """One stable local directory per URI, so a relaunch reuses its prepared data and cache."""
     digest = hashlib.sha256(uri.encode()).hexdigest()[:12]
     return Path.home() / ".cache" / "xsmoe_ray" / "runs" / digest
+
+
+SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's list of registered checkpoints
+
+
+def snapshot_location(storage: str, name: str) -> str:
+    """Where Ray Train lists run ``name``'s registered checkpoints (written after each one is complete)."""
+    return f"{storage}/{name}/{SNAPSHOT}"
+
+
+def read_bytes(location: str) -> bytes:
+    """A whole file from a local path or a URI (FileNotFoundError when it is not there)."""
+    if not is_uri(location):
+        return Path(location).read_bytes()
+    fs, path = pafs.FileSystem.from_uri(location)
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def has_registered_windows(storage: str, name: str) -> bool:
+    try:
+        read_bytes(snapshot_location(storage, name))
+    except FileNotFoundError:
+        return False
+    return True

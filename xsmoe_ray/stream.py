@@ -28,7 +28,7 @@ from xsmoe_ray.cli import run_guarded
 from xsmoe_ray.config import (ConfigError, ExperimentConfig, dump_yaml, load_config, result_differences, to_dict,
                               valid_keys)
 from xsmoe_ray.prepare import prepare_data
-from xsmoe_ray.rundir import run_dir
+from xsmoe_ray.rundir import has_registered_windows, run_dir
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,12 +47,13 @@ def cache_dir_of(cfg: ExperimentConfig, out: Path) -> Path:
     return Path(cfg.cache.dir).expanduser().resolve() if cfg.cache.dir else out / "cache"
 
 
-def data_stages(cfg: ExperimentConfig, out: Path) -> tuple[Path, Path]:
-    """Prepare and cache (each reused when current); returns their directories."""
+def data_stages(cfg: ExperimentConfig, out: Path, continuing: bool = False) -> tuple[Path, Path]:
+    """Prepare and cache (each reused when current); returns their directories. ``continuing``: the
+    run has trained windows, so grown data only adds chunks (xsmoe_ray/live.py)."""
     from xsmoe_ray.cache import build_cache
 
     prepared = out / "prepared"
-    prepare_data(cfg, prepared)
+    prepare_data(cfg, prepared, extend=continuing)
     cache = cache_dir_of(cfg, out)
     report = build_cache(prepared, cache, cfg)
     print(f"[stream] cache {cache}: encoded {report.encoded}, reused {report.reused}", flush=True)
@@ -165,7 +166,7 @@ def _run(cfg: ExperimentConfig, where, extra: dict | None) -> list[dict]:
     check_resume(cfg, out, where.storage)
     (out / "config.yaml").write_text(dump_yaml(cfg))
     check_local_resources(cfg, ensure_ray(cfg.run.num_cpus))
-    prepared, cache = data_stages(cfg, out)
+    prepared, cache = data_stages(cfg, out, has_registered_windows(where.storage, cfg.run.name))
     check_grouping(cache, cfg.model.layers_per_group)
     result = fit(cfg, where.storage, prepared, cache, extra)
     history = history_of(result)

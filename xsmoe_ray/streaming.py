@@ -155,10 +155,17 @@ def first_chunk_of_items(item: np.ndarray, chunk: np.ndarray, n_items: int) -> n
 
 def build_stream(ds: Dataset, chunks: int, k_core: int, train_frac: float, max_len: int) -> Stream:
     """Apply the protocol to a loaded dataset (see the module docstring)."""
+    n = ds.interactions.num_rows
+    if n < chunks:
+        raise StreamError(f"{ds.name}: {n} interactions cannot fill {chunks} chunks")
+    return stream_from_chunks(ds, chunk_ids(n, chunks), chunks, k_core, train_frac, max_len)
+
+
+def stream_from_chunks(ds: Dataset, chunk: np.ndarray, chunks: int, k_core: int, train_frac: float,
+                       max_len: int) -> Stream:
+    """:func:`build_stream` with the chunk of every row given (``chunk`` [n], non-decreasing); a
+    continued run keeps its old boundaries this way (xsmoe_ray/live.py)."""
     user, item, ts = ds.column("user"), ds.column("item"), ds.column("ts")
-    if len(user) < chunks:
-        raise StreamError(f"{ds.name}: {len(user)} interactions cannot fill {chunks} chunks")
-    chunk = chunk_ids(len(user), chunks)
     keep = kcore_mask(user, item, chunk, k_core)
     before = np.bincount(chunk, minlength=chunks)
     after = np.bincount(chunk[keep], minlength=chunks)
