@@ -60,7 +60,7 @@ def _ddp_steps(rank: int, port: int, out: str):
     expansion: a trainable parameter without a gradient makes the second step raise."""
     from torch.nn.parallel import DistributedDataParallel
 
-    from xsmoe_ray.model import VARIANTS, build_model
+    from xsmoe_ray.model import ALL_VARIANTS, build_model
     from xsmoe_ray.train.sync import DDP_KWARGS
 
     import json
@@ -69,10 +69,10 @@ def _ddp_steps(rank: int, port: int, out: str):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=0, world_size=1)
     try:
-        for variant in sorted(VARIANTS):
+        for variant in sorted(ALL_VARIANTS):
             torch.manual_seed(0)
             model = build_model(variant, text_dim=6, image_dim=5, n_groups=2, d_prime=3, embed_dim=4, max_len=4,
-                                seq_blocks=1, seq_heads=1, dropout=0.1, feature_norm="layer")
+                                seq_blocks=1, seq_heads=1, dropout=0.1, feature_norm="layer", n_item_rows=21)
             model.set_item_features({"text": torch.randn(21, 3, 6), "image": torch.randn(21, 3, 5)})
             model.fit_feature_norm(torch.arange(1, 21))
             seq, log_pop = torch.randint(0, 21, (8, 5)), torch.zeros(21)
@@ -98,11 +98,11 @@ def test_every_variant_gives_every_trainable_parameter_a_gradient_under_ddp(tmp_
     # hold the test session's Ray connection.
     import json
 
-    from xsmoe_ray.model import VARIANTS
+    from xsmoe_ray.model import ALL_VARIANTS
 
     out = tmp_path / "ddp.json"
     mp.spawn(_ddp_steps, args=(free_port(), str(out)), nprocs=1)
     results = json.loads(out.read_text())
 
     assert "error" not in results, results.get("error")
-    assert sorted(results.keys()) == sorted(VARIANTS)
+    assert sorted(results.keys()) == sorted(ALL_VARIANTS)

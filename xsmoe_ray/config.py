@@ -19,7 +19,8 @@ from typing import Any
 import yaml
 
 FORMATS = ("synthetic", "hm", "amazon", "generic", "recbole")
-VARIANTS = ("xsmoe", "static", "noft", "visual", "textual", "iisan_rh", "iisan_kd")
+VARIANTS = ("xsmoe", "static", "noft", "visual", "textual", "iisan_rh", "iisan_kd", "sasrec_id", "sasrec_id_rh",
+            "sasrec_id_kd")
 ROW_LAYOUTS = ("sliding", "once", "legacy")  # train/data.py
 
 

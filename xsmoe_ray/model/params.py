@@ -46,13 +46,12 @@ def count_parameters(module: nn.Module) -> dict[str, float]:
 
 
 def parameter_report(model: nn.Module) -> dict[str, dict[str, float]]:
-    """Counts per component (side network per modality, fusion, sequence encoder) and for the whole model.
+    """Counts per component (``model.parameter_parts()``: for XSMoE the side network per modality, fusion,
+    sequence encoder) and for the whole model.
 
     ``report["model"]["total_mb"]`` is Table 3's MP and ``["trainable_mb"]`` its TrP.
     """
-    parts = {f"side_{m}": side for m, side in getattr(model, "sides", {}).items()}
-    parts.update(fusion=model.fusion, encoder=model.encoder)
-    report = {name: count_parameters(part) for name, part in parts.items()}
+    report = {name: count_parameters(part) for name, part in model.parameter_parts().items() if part is not model}
     report["model"] = count_parameters(model)
     return report
 

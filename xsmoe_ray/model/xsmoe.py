@@ -32,9 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .encoder import SequenceEncoder
+from .base import SequentialModel
 from .feature_norm import LayerStandardizer
-from .loss import batch_candidates, debiased_ce, distillation_kl, fused_debiased_ce, masked_logits
 from .side_moe import SideNetwork
 
 MODALITIES = ("image", "text")  # fusion order: [e_v; e_t] (Eq. 4)
@@ -61,7 +60,7 @@ VARIANTS: dict[str, VariantSpec] = {
 }
 
 
-class XSMoE(nn.Module):
+class XSMoE(SequentialModel):
     """The whole recommender. ``dims`` maps each modality it uses to its backbone width ``d``."""
 
     def __init__(self, *, variant: str, dims: dict[str, int], n_groups: int, d_prime: int, embed_dim: int,
@@ -80,17 +79,25 @@ class XSMoE(nn.Module):
                          d_prime=d_prime, embed_dim=embed_dim, max_len=max_len, seq_blocks=seq_blocks,
                          seq_heads=seq_heads, dropout=dropout, kd_weight=kd_weight, feature_norm=feature_norm,
                          new_expert_share=new_expert_share, new_expert_init=new_expert_init)
-        self.n_groups, self.max_len, self.kd_weight = n_groups, max_len, kd_weight
+        self.n_groups = n_groups
         self.sides = nn.ModuleDict(
             {m: SideNetwork(dims[m], d_prime, n_groups) for m in self.modalities} if self.spec.side else {})
         self.norms = nn.ModuleDict(
             {m: LayerStandardizer(n_groups + 1, dims[m]) for m in self.modalities} if feature_norm == "layer" else {})
         self.fusion = nn.Linear(sum(dims[m] for m in self.modalities), embed_dim)
-        self.encoder = SequenceEncoder(embed_dim, max_len, seq_blocks, seq_heads, dropout)
+        self._init_user_tower(embed_dim=embed_dim, max_len=max_len, seq_blocks=seq_blocks, seq_heads=seq_heads,
+                              dropout=dropout, distill=self.spec.distill, kd_weight=kd_weight)
         for m in self.modalities:
             self.register_buffer(f"features_{m}", None, persistent=False)
-        self.__dict__["teacher"] = None  # unregistered: not a parameter, not in state_dict, not seen by DDP
         self.mark_trainable()
+
+    @property
+    def replay(self) -> bool:
+        return self.spec.replay
+
+    @property
+    def tracks_utilization(self) -> bool:
+        return bool(self.sides)  # noft has no side network: nothing to track
 
     # ---- cached features -----------------------------------------------------------------------
     def set_item_features(self, features: dict[str, torch.Tensor]) -> None:
@@ -118,6 +125,12 @@ class XSMoE(nn.Module):
             raise RuntimeError(f"no cached features for {missing}: call model.set_item_features first")
         return feats
 
+    def _item_inputs(self) -> dict[str, torch.Tensor]:
+        return self._features()
+
+    def _shared_tensors(self) -> list[torch.Tensor]:
+        return list(self._features().values())
+
     @property
     def _ddp_params_and_buffers_to_ignore(self) -> list[str]:
         return [f"features_{m}" for m in self.modalities]
@@ -137,96 +150,10 @@ class XSMoE(nn.Module):
             start += e.shape[1]
         return out  # [n, D]
 
-    def item_embeddings(self, item_ids: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
-        """``[n]`` int64 item ids → ``[n, D]`` through side networks and fusion (ids need not be unique).
-
-        ``chunk_size`` bounds the float32 working set (``chunk_size x (G+1) x d`` per modality) when
-        embedding a whole catalogue for evaluation.
-        """
-        features = self._features()
-        if chunk_size is None or item_ids.numel() <= chunk_size:
-            return self._embed(item_ids, features)
-        return torch.cat([self._embed(part, features) for part in item_ids.split(chunk_size)])
-
-    def _states(self, table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """``table`` [U, D], ``index`` [B, L] into it (-1 = padding) → user states ``[B, L, D]`` (Eq. 6)."""
-        real = index >= 0
-        items = table[index.clamp_min(0)] * real.unsqueeze(-1).to(table.dtype)  # [B, L, D], zeros at padding
-        return self.encoder(items, real)
-
-    def user_states(self, seq_ids: torch.Tensor, known: tuple[torch.Tensor, torch.Tensor] | None = None
-                    ) -> torch.Tensor:
-        """Left-padded ``[B, L]`` ids → states ``[B, L, D]``; the item tower runs once per unique item.
-
-        ``known = (table [n_items+1, D], have [n_items+1] bool)``: item embeddings already computed
-        (an evaluation's candidate table, by item id); only items without one go through the tower.
-        """
-        ids, index = batch_candidates(seq_ids)
-        if known is None:
-            return self._states(self.item_embeddings(ids), index)
-        table, have = known
-        emb = table[ids]
-        missing = ~have[ids]
-        if bool(missing.any()):
-            emb[missing] = self.item_embeddings(ids[missing]).to(emb.dtype)
-        return self._states(emb, index)
-
-    def user_embedding(self, context: torch.Tensor, known: tuple[torch.Tensor, torch.Tensor] | None = None
-                       ) -> torch.Tensor:
-        """``[B, L]`` left-padded context → ``[B, D]``, the state at the last position (``known``: as
-        :meth:`user_states`)."""
-        return self.user_states(context, known)[:, -1]
-
     @property
     def n_item_rows(self) -> int:
         """Rows of the cached features: ``n_items + 1`` (row 0 = padding)."""
         return int(next(iter(self._features().values())).shape[0])
-
-    def score_all(self, context: torch.Tensor, candidate_ids: torch.Tensor) -> torch.Tensor:
-        """Full ranking: ``[B, L]`` contexts against ``[C]`` candidates → scores ``[B, C]`` (Eq. 7).
-
-        For many user chunks, compute ``item_embeddings(candidates, chunk_size)`` once and multiply by
-        ``user_embedding(context)`` per chunk instead.
-        """
-        return self.user_embedding(context) @ self.item_embeddings(candidate_ids, chunk_size=8192).T
-
-    # ---- training loss -------------------------------------------------------------------------
-    def _towers(self, seq: torch.Tensor, features: dict[str, torch.Tensor]):
-        """Unique ids [U], their index [B, L+1], item table [U, D] and user states [B, L, D] of a batch."""
-        ids, index = batch_candidates(seq)
-        table = self._embed(ids, features)
-        return ids, index, table, self._states(table, index[:, :-1])
-
-    def _logits(self, seq: torch.Tensor, log_pop: torch.Tensor, features: dict[str, torch.Tensor],
-                first: torch.Tensor | None = None):
-        ids, index, table, states = self._towers(seq, features)
-        return masked_logits(states, table, index, log_pop[ids], first)  # [P, U], [P]
-
-    def forward(self, seq: torch.Tensor, log_pop: torch.Tensor, first: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, dict]:
-        """Training loss of a batch. ``seq`` [B, L+1] int64 (0 = left padding): positions ``0..L-1`` are
-        inputs, ``1..L`` targets; ``log_pop`` [n_items+1] = log p_i; ``first`` [B]: the first position
-        of each row that carries loss (default 1; a position also needs a real input and target).
-
-        Returns ``(loss, stats)``; stats hold detached tensors / ints: ce, kd, loss, targets, unique_items.
-        """
-        features = self._features()
-        ids, index, table, states = self._towers(seq, features)
-        kd = torch.zeros((), device=states.device)
-        if self.spec.distill and self.teacher is not None and self.training:
-            logits, pos = masked_logits(states, table, index, log_pop[ids], first)
-            ce, n_targets = debiased_ce(logits, pos), pos.numel()
-            with torch.no_grad():
-                t_logits, _ = self.teacher._logits(seq, log_pop, features, first)
-            kd = distillation_kl(logits, t_logits)
-        else:
-            ce, n_targets = fused_debiased_ce(states, table, index, log_pop[ids], first)
-        loss = ce + self.kd_weight * kd
-        stats = {"loss": loss.detach(), "ce": ce.detach(), "kd": kd.detach(), "targets": n_targets,
-                 "unique_items": ids.numel()}
-        return loss, stats
-
-    loss = forward  # ``model.loss(seq, log_pop)``; call the DDP wrapper itself under DDP
 
     # ---- structure: expansion, teacher, pruning ------------------------------------------------
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -248,26 +175,11 @@ class XSMoE(nn.Module):
         self.mark_trainable()
         return True
 
-    def snapshot_teacher(self) -> None:
-        """Keep a frozen eval-mode copy of the current model (iisan_kd); it shares no feature memory."""
-        memo = {id(t): None for t in self._features().values()}
-        memo[id(self.teacher)] = None
-        teacher = copy.deepcopy(self, memo)
-        teacher.requires_grad_(False)
-        self.__dict__["teacher"] = teacher.eval()
-
     def begin_window(self) -> bool:
         """Window ``s >= 1`` start: expand (xsmoe, visual, textual) and snapshot the teacher (iisan_kd)."""
         expanded = self.expand()
-        if self.spec.distill:
-            self.snapshot_teacher()
+        super().begin_window()
         return expanded
-
-    def _apply(self, fn, recurse=True):
-        super()._apply(fn, recurse)
-        if self.teacher is not None:
-            self.teacher._apply(fn, recurse)  # the teacher follows .to(device) / .half()
-        return self
 
     def set_utilization_tracking(self, on: bool) -> None:
         for side in self.sides.values():
@@ -317,6 +229,13 @@ class XSMoE(nn.Module):
         self.mark_trainable()
         return removed
 
+    def experts_per_layer(self) -> dict[str, list[int]]:
+        return {m: [len(flags) for flags in layers] for m, layers in self.structure()["experts"].items()}
+
+    def parameter_parts(self) -> dict[str, nn.Module]:
+        parts: dict[str, nn.Module] = {f"side_{m}": side for m, side in self.sides.items()}
+        return {**parts, "fusion": self.fusion, "encoder": self.encoder}
+
     def structure(self) -> dict:
         """Constructor arguments plus, per modality and layer, one frozen flag per expert (plain types)."""
         return {**copy.deepcopy(self.args), "experts": {m: side.structure() for m, side in self.sides.items()}}
@@ -332,7 +251,7 @@ class XSMoE(nn.Module):
         return model
 
 
-def build_model(variant: str, *, text_dim: int | None, image_dim: int | None, n_groups: int, d_prime: int,
+def build_xsmoe(variant: str, *, text_dim: int | None, image_dim: int | None, n_groups: int, d_prime: int,
                 embed_dim: int, max_len: int, seq_blocks: int, seq_heads: int, dropout: float,
                 modalities: tuple[str, ...] = ("image", "text"), kd_weight: float = 1.0,
                 feature_norm: str = "none", new_expert_share: float = 0.0, new_expert_init: str = "mean") -> XSMoE:

@@ -14,7 +14,7 @@ from typing import BinaryIO
 
 import torch
 
-from xsmoe_ray.model import XSMoE
+from xsmoe_ray.model import StreamModel, model_from_structure
 
 STATE_FILE = "state.pt"
 
@@ -22,7 +22,7 @@ STATE_FILE = "state.pt"
 @dataclass
 class WindowState:
     window: int  # the last finished window
-    model: XSMoE
+    model: StreamModel
     history: list[dict] = field(default_factory=list)
     replay: dict | None = None
 
@@ -55,7 +55,7 @@ def read_state_and_config(source: BinaryIO) -> tuple[WindowState, dict]:
     """:func:`read_state` plus the run settings the checkpoint was written with (``to_dict`` form)."""
     # weights_only: a checkpoint read from shared storage (S3, NFS) must not be able to run code on load.
     blob = torch.load(source, map_location="cpu", weights_only=True)
-    model = XSMoE.from_structure(blob["structure"])
+    model = model_from_structure(blob["structure"])
     model.load_state_dict(blob["model"])
     state = WindowState(window=int(blob["window"]), model=model, history=list(blob["history"]),
                         replay=blob.get("replay"))

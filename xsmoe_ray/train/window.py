@@ -140,7 +140,7 @@ def track_utilization(raw, rows: torch.Tensor, batch_size: int, device: torch.de
     train mode changes nothing but enables tracking). Deterministic batches: same on a re-run.
     """
     raw.reset_utilization()
-    if not raw.sides:  # noft: nothing to track
+    if not raw.tracks_utilization:  # no side network (noft, ID models): nothing to track
         return
     raw.set_utilization_tracking(True)
     was_training = raw.training

@@ -23,7 +23,7 @@ import torch
 
 from xsmoe_ray.cache import load_grouped, open_cache
 from xsmoe_ray.config import ExperimentConfig, from_dict
-from xsmoe_ray.model import ReservoirBuffer, XSMoE, build_model
+from xsmoe_ray.model import ReservoirBuffer, StreamModel, build_model
 from xsmoe_ray.model.params import parameter_report
 from xsmoe_ray.prepared import load_prepared
 from xsmoe_ray.train.checkpoint import WindowState, load_state, save_state
@@ -44,10 +44,12 @@ def rank0_log(message: str) -> None:
         print(message, file=sys.__stdout__ or sys.stdout, flush=True)
 
 
-def new_model(cfg: ExperimentConfig, features: dict[str, torch.Tensor]) -> XSMoE:
+def new_model(cfg: ExperimentConfig, features: dict[str, torch.Tensor]) -> StreamModel:
     dims = {m: int(t.shape[-1]) for m, t in features.items()}
-    n_groups = int(next(iter(features.values())).shape[1]) - 1
+    first = next(iter(features.values()))
+    n_groups = int(first.shape[1]) - 1
     return build_model(cfg.model.variant, text_dim=dims.get("text"), image_dim=dims.get("image"),
+                       n_item_rows=int(first.shape[0]),
                        n_groups=n_groups, d_prime=cfg.model.d_prime, embed_dim=cfg.model.embed_dim,
                        max_len=cfg.data.max_len, seq_blocks=cfg.model.seq_blocks, seq_heads=cfg.model.seq_heads,
                        dropout=cfg.model.dropout, modalities=tuple(features), kd_weight=cfg.model.kd_weight,
@@ -76,11 +78,7 @@ def restore(checkpoint) -> WindowState | None:
         return load_state(d)
 
 
-def experts_per_layer(model: XSMoE) -> dict[str, list[int]]:
-    return {m: [len(flags) for flags in layers] for m, layers in model.structure()["experts"].items()}
-
-
-def reduced_utilization(model: XSMoE) -> dict[str, torch.Tensor]:
+def reduced_utilization(model: StreamModel) -> dict[str, torch.Tensor]:
     return {k: all_reduce_sum(v) for k, v in model.utilization_sums().items()}
 
 
@@ -118,7 +116,7 @@ def run_windows(config: dict, report: ReportFn, get_checkpoint: Callable[[], obj
     if state.window < 0:
         raw.fit_feature_norm(warm_up_items(stream))  # fixed at warm-up; a resume loads it from the checkpoint
     raw.to(device)
-    replay = ReservoirBuffer(cfg.model.replay_size, seed=cfg.run.seed) if raw.spec.replay else None
+    replay = ReservoirBuffer(cfg.model.replay_size, seed=cfg.run.seed) if raw.replay else None
     if replay is not None and state.replay:
         replay.load_state_dict(state.replay)
     last = stream.n_chunks - 2 if cfg.train.last_window < 0 else min(cfg.train.last_window, stream.n_chunks - 2)
@@ -131,7 +129,7 @@ def run_windows(config: dict, report: ReportFn, get_checkpoint: Callable[[], obj
         _report(report, row, state, config, rank)
 
 
-def run_one_window(cfg: ExperimentConfig, raw: XSMoE, stream, n_items: int, w: int, device, replay) -> dict:
+def run_one_window(cfg: ExperimentConfig, raw: StreamModel, stream, n_items: int, w: int, device, replay) -> dict:
     torch.manual_seed(cfg.run.seed * 100_003 + w)  # a re-run window repeats exactly
     if w >= 1:
         raw.begin_window()
@@ -158,7 +156,7 @@ def run_one_window(cfg: ExperimentConfig, raw: XSMoE, stream, n_items: int, w: i
         "pop_hr10": popular.hr if popular else None, "pop_ndcg10": popular.ndcg_mean if popular else None,
         "val_ndcg10": result.best_val_ndcg, "epochs": result.epochs, "seconds": result.seconds,
         "steps": result.steps, "train_s": result.train_seconds, "val_s": result.val_seconds,
-        "experts": experts_per_layer(raw), "pruned": {m: {str(k): v for k, v in d.items()} for m, d in removed.items()},
+        "experts": raw.experts_per_layer(), "pruned": {m: {str(k): v for k, v in d.items()} for m, d in removed.items()},
         "mp_mb": params["total_mb"], "trp_mb": params["trainable_mb"],
         "utilization": utilization, "router": router,
         "param_hash": digest,

@@ -1,14 +1,10 @@
-"""Streaming baselines on the same cache: reservoir replay (``iisan_rh``) and distillation (``iisan_kd``).
+"""Reservoir replay for the ``_rh`` variants (``iisan_rh``, ``sasrec_id_rh``, ...).
 
-Both use a static IISAN-style side network (one trainable expert per layer, never expanded).
-
-* ``iisan_rh``: a :class:`ReservoirBuffer` holds a uniform sample of every training sequence seen
-  so far (Vitter's Algorithm R, seeded, deterministic); replayed sequences are appended to each
-  training batch (:meth:`ReservoirBuffer.mix`). The buffer lives with the trainer, not in the model,
-  and is checkpointed through :meth:`state_dict` / :meth:`load_state_dict`.
-* ``iisan_kd``: the model keeps a frozen copy of itself taken at the window start
-  (``XSMoE.begin_window``) and adds ``kd_weight * KL(teacher || student)`` over the in-batch
-  candidate softmax (``loss.distillation_kl``).
+A :class:`ReservoirBuffer` holds a uniform sample of every training sequence seen so far (Vitter's
+Algorithm R, seeded, deterministic); replayed sequences are appended to each training batch
+(:meth:`ReservoirBuffer.mix`). The buffer lives with the trainer, not in the model, and is
+checkpointed through :meth:`state_dict` / :meth:`load_state_dict`. (The ``_kd`` variants'
+distillation is in ``base.SequentialModel``.)
 """
 
 from __future__ import annotations

@@ -1,0 +1,5 @@
+"""Baselines that are not XSMoE variants: one module per method (issue 19), each a ``StreamModel``."""
+
+from .sasrec_id import SASRecID
+
+__all__ = ["SASRecID"]

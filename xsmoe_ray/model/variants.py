@@ -1,0 +1,41 @@
+"""Every ``model.variant``: which class builds it, and rebuilding a model from its checkpoint structure."""
+
+from __future__ import annotations
+
+from .base import StreamModel
+from .baselines import SASRecID
+from .xsmoe import VARIANTS as XSMOE_VARIANTS
+from .xsmoe import XSMoE, build_xsmoe
+
+MODEL_CLASSES: dict[str, type[StreamModel]] = {
+    **{v: XSMoE for v in XSMOE_VARIANTS},
+    **{v: SASRecID for v in SASRecID.VARIANTS},
+}
+ALL_VARIANTS = tuple(MODEL_CLASSES)
+
+
+def build_model(variant: str, *, text_dim: int | None, image_dim: int | None, n_groups: int, d_prime: int,
+                embed_dim: int, max_len: int, seq_blocks: int, seq_heads: int, dropout: float,
+                modalities: tuple[str, ...] = ("image", "text"), kd_weight: float = 1.0,
+                feature_norm: str = "none", new_expert_share: float = 0.0, new_expert_init: str = "mean",
+                n_item_rows: int | None = None) -> StreamModel:
+    """The model of ``variant``; ID models need ``n_item_rows`` (items + 1), content models the dims."""
+    if variant not in MODEL_CLASSES:
+        raise ValueError(f"unknown variant {variant!r}; variants: {sorted(MODEL_CLASSES)}")
+    if MODEL_CLASSES[variant] is SASRecID:
+        if not n_item_rows:
+            raise ValueError(f"variant {variant!r} needs n_item_rows (the number of items + 1)")
+        return SASRecID(variant=variant, n_item_rows=n_item_rows, embed_dim=embed_dim, max_len=max_len,
+                        seq_blocks=seq_blocks, seq_heads=seq_heads, dropout=dropout, kd_weight=kd_weight)
+    return build_xsmoe(variant, text_dim=text_dim, image_dim=image_dim, n_groups=n_groups, d_prime=d_prime,
+                       embed_dim=embed_dim, max_len=max_len, seq_blocks=seq_blocks, seq_heads=seq_heads,
+                       dropout=dropout, modalities=modalities, kd_weight=kd_weight, feature_norm=feature_norm,
+                       new_expert_share=new_expert_share, new_expert_init=new_expert_init)
+
+
+def model_from_structure(structure: dict) -> StreamModel:
+    """Rebuild the architecture a checkpoint describes (then ``load_state_dict`` the weights)."""
+    variant = structure.get("variant")
+    if variant not in MODEL_CLASSES:
+        raise ValueError(f"checkpoint of an unknown variant {variant!r}; variants: {sorted(MODEL_CLASSES)}")
+    return MODEL_CLASSES[variant].from_structure(structure)
