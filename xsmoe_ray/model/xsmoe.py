@@ -12,7 +12,7 @@ sequences index into that small table. The cached states are registered, non-per
 listed in ``_ddp_params_and_buffers_to_ignore`` so DDP never broadcasts them.
 
 Variants (paper Tables 2-3 and DESIGN.md §5) are rows of :data:`VARIANTS`, picked by
-:func:`build_model`. ``model.structure()`` is a plain dict from which :meth:`XSMoE.from_structure`
+:func:`build_xsmoe` (every variant, baselines included: ``variants.build_model``). ``model.structure()`` is a plain dict from which :meth:`XSMoE.from_structure`
 rebuilds the architecture (experts per layer, which are frozen) before ``load_state_dict``.
 
 Departures from the paper, all open points it leaves: experts, routers and the fusion layer have
