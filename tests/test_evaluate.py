@@ -101,3 +101,32 @@ def test_sums_merge_by_addition():
     a, b = RankingSums(1, 0.5, 4), RankingSums(2, 1.0, 6)
     c = RankingSums.from_tensor(a.as_tensor() + b.as_tensor())
     assert (c.hits, c.ndcg, c.count) == (3, 1.5, 10) and c.hr == 0.3
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 1000])
+def test_warm_sums_are_the_sums_over_warm_targets_alone(batch_size):
+    g = torch.Generator().manual_seed(1)
+    candidates = torch.arange(1, 31)
+    n = 40
+    table = torch.randn(n, len(candidates), generator=g)
+    contexts = torch.arange(n)[:, None].expand(n, 2).clone()
+    targets = candidates[torch.randint(0, len(candidates), (n,), generator=g)]
+    cold = torch.rand(n, generator=g) < 0.3
+    score = lambda ctx, out: table[ctx[:, 0]]  # noqa: E731
+    sums = evaluate(score, contexts, targets, candidates, k=5, batch_size=batch_size, cold=cold)
+    warm = evaluate(score, contexts[~cold], targets[~cold], candidates, k=5, batch_size=batch_size)
+    plain = evaluate(score, contexts, targets, candidates, k=5, batch_size=batch_size)
+    assert (sums.hits, sums.count) == (plain.hits, plain.count) and sums.ndcg == pytest.approx(plain.ndcg)
+    assert (sums.warm.hits, sums.warm.count) == (warm.hits, warm.count)
+    assert sums.warm.ndcg == pytest.approx(warm.ndcg)
+    assert sums.cold_share == pytest.approx(float(cold.float().mean()))
+    assert plain.warm is None and plain.cold_share is None
+
+
+def test_warm_sums_survive_the_all_reduce_round_trip():
+    a = RankingSums(1, 0.5, 4, RankingSums(1, 0.5, 3))
+    b = RankingSums(2, 1.0, 6, RankingSums(0, 0.0, 2))
+    c = RankingSums.from_tensor(a.as_tensor() + b.as_tensor())
+    assert (c.warm.hits, c.warm.count) == (1, 5) and c.cold_share == pytest.approx(0.5)
+    d = a + b
+    assert (d.warm.hits, d.warm.count, d.count) == (1, 5, 10)

@@ -38,3 +38,14 @@ def test_markdown_is_table1_shaped_with_average():
 def test_plots_are_png():
     for png in (metrics_plot(rows()), experts_plot(rows())):
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+
+
+def test_markdown_reports_warm_targets_and_cold_share_when_marked():
+    marked = [{**r, "cold_share": 0.25, "warm_hr10": 0.2, "warm_ndcg10": 0.1, "pop_warm_ndcg10": 0.05}
+              for r in rows()]
+    md = results_markdown(marked, "demo", "xsmoe")
+    assert "| xsmoe | NDCG@10 (warm) | 10.00 | 10.00 | 10.00 | 10.00 |" in md
+    assert "| cold targets | % of cases | 25.00 | 25.00 | 25.00 | 25.00 |" in md
+    assert "(warm)" not in results_markdown(rows(), "demo", "xsmoe")  # runs from before the marking
+    table = list(csv.DictReader(io.StringIO(results_csv(marked))))
+    assert float(table[0]["cold_share"]) == 0.25

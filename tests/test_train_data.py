@@ -126,3 +126,14 @@ def test_ranks_split_each_global_batch_and_get_equal_step_counts():
     b = epoch_batches(20, 4, seed=0, epoch=2)
     assert not all(np.array_equal(x, y) for x, y in zip(a, b))
     assert all(np.array_equal(x, y) for x, y in zip(a, epoch_batches(20, 4, seed=0, epoch=1)))
+
+
+def test_test_cases_mark_targets_first_seen_in_the_test_chunk_as_cold():
+    s = build_stream(make_dataset(), chunks=5, k_core=2, train_frac=0.85, max_len=4)
+    for c in range(1, 4):
+        data = window_data(s, c, int(s.item.max()))
+        first = s.item_first_chunk[data.test.targets]
+        assert np.array_equal(data.test.cold, first == c + 1)
+        assert (first <= c + 1).all() and data.val.cold is None
+        shard = data.test.shard(1, 2)
+        assert np.array_equal(shard.cold, data.test.cold[1::2])

@@ -27,22 +27,35 @@ import torch
 
 @dataclass
 class RankingSums:
-    """Additive HR/NDCG accumulators."""
+    """Additive HR/NDCG accumulators; ``warm``: the same over the cases whose target is warm (an item
+    seen before the evaluated chunk), when the caller marked cold targets."""
 
     hits: float = 0.0
     ndcg: float = 0.0
     count: int = 0
+    warm: "RankingSums | None" = None
 
     def __add__(self, other: "RankingSums") -> "RankingSums":
-        return RankingSums(self.hits + other.hits, self.ndcg + other.ndcg, self.count + other.count)
+        warm = self.warm + other.warm if self.warm is not None and other.warm is not None else self.warm or other.warm
+        return RankingSums(self.hits + other.hits, self.ndcg + other.ndcg, self.count + other.count, warm)
 
     def as_tensor(self, device=None) -> torch.Tensor:
-        return torch.tensor([self.hits, self.ndcg, float(self.count)], dtype=torch.float64, device=device)
+        values = [self.hits, self.ndcg, float(self.count)]
+        if self.warm is not None:
+            values += [self.warm.hits, self.warm.ndcg, float(self.warm.count)]
+        return torch.tensor(values, dtype=torch.float64, device=device)
 
     @classmethod
     def from_tensor(cls, t: torch.Tensor) -> "RankingSums":
-        hits, ndcg, count = t.tolist()
-        return cls(hits, ndcg, int(round(count)))
+        values = t.tolist()
+        warm = cls.from_tensor(t[3:]) if len(values) == 6 else None
+        hits, ndcg, count = values[:3]
+        return cls(hits, ndcg, int(round(count)), warm)
+
+    @property
+    def cold_share(self) -> float | None:
+        """Share of cases whose target is cold (None when cold targets were not marked)."""
+        return None if self.warm is None or not self.count else 1.0 - self.warm.count / self.count
 
     @property
     def hr(self) -> float:
@@ -89,6 +102,7 @@ def evaluate(
     k: int = 10,
     batch_size: int = 1024,
     mask_history: bool = False,
+    cold: torch.Tensor | None = None,
 ) -> RankingSums:
     """Rank each case's target among ``candidates``.
 
@@ -96,10 +110,11 @@ def evaluate(
     candidates (in the order of ``candidates`` [C], ascending item ids), ideally writing into ``out``
     (float32, reused across batches) and returning it; a different tensor returned is copied into
     ``out``. ``targets`` [N] are item ids that must be among the candidates. Cases are processed in
-    batches, so scores never take more than one ``batch_size × C`` buffer.
+    batches, so scores never take more than one ``batch_size × C`` buffer. ``cold`` [N] bool marks
+    cases with a cold target; the result's ``warm`` then holds the sums over the others.
     """
     if len(targets) == 0:
-        return RankingSums()
+        return RankingSums(warm=RankingSums() if cold is not None else None)
     device = candidates.device
     col = torch.searchsorted(candidates, targets.to(device))
     if bool((col >= len(candidates)).any()) or bool((candidates[col.clamp(max=len(candidates) - 1)] != targets.to(device)).any()):
@@ -115,7 +130,13 @@ def evaluate(
         tcol = col[lo: lo + batch_size]
         if mask_history:
             _mask_history_(out, ctx, candidates, tcol)
-        total = total + ranking_sums(ranks_in_place(out, tcol), k)
+        ranks = ranks_in_place(out, tcol)
+        part = ranking_sums(ranks, k)
+        if cold is not None:
+            part.warm = ranking_sums(ranks[~cold[lo: lo + batch_size].to(ranks.device)], k)
+        total = total + part
+    if cold is not None and total.warm is None:
+        total.warm = RankingSums()
     return total
 
 

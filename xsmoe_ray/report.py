@@ -17,8 +17,8 @@ import matplotlib
 matplotlib.use("Agg")  # no display on clusters and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
-CSV_FIELDS = ["window", "test_chunk", "hr10", "ndcg10", "pop_hr10", "pop_ndcg10", "val_ndcg10", "epochs", "seconds",
-              "experts", "mp_mb", "trp_mb", "peak_mem_mb"]
+CSV_FIELDS = ["window", "test_chunk", "hr10", "ndcg10", "pop_hr10", "pop_ndcg10", "cold_share", "warm_hr10",
+              "warm_ndcg10", "val_ndcg10", "epochs", "seconds", "experts", "mp_mb", "trp_mb", "peak_mem_mb"]
 POPULARITY = "popularity of D_(s-1)"  # the reference row: the test chunk's cases ranked by the previous chunk's counts
 
 
@@ -65,6 +65,7 @@ def results_markdown(rows: list[dict], title: str, variant: str) -> str:
         lines.append("")
         lines.append(f"*{POPULARITY}*: a non-learned reference on the same cases and candidates, ranking items by "
                      "their interactions in the chunk before the test chunk (ties count against the target).")
+    lines += _warm_rows(tests, variant)
     windows = dedupe_windows(rows)
     total_s = sum(r["seconds"] for r in windows)
     epochs = sum(r["epochs"] for r in windows)
@@ -75,6 +76,22 @@ def results_markdown(rows: list[dict], title: str, variant: str) -> str:
               f"| {variant} | {last['mp_mb']:.2f} | {last['trp_mb']:.2f} | "
               f"{'n/a' if mem is None else f'{mem:.0f}'} | {total_s:.1f} | {total_s / max(epochs, 1):.2f} |", ""]
     return "\n".join(lines)
+
+
+def _warm_rows(tests: list[dict], variant: str) -> list[str]:
+    """The same metrics over warm targets only, and each test chunk's share of cold targets (items first
+    seen in that chunk: never trained by any model, scored from content or from an untrained id row)."""
+    if not all(r.get("warm_ndcg10") is not None for r in tests):
+        return []  # runs from before cold targets were marked
+    heads = [f"D_{r['test_chunk']}" for r in tests] + ["AVG"]
+    lines = ["", "Warm targets only (cases whose target was seen before the test chunk), and the share of cold "
+             "targets:", "", "| Method | Metric | " + " | ".join(heads) + " |", "|---|---|" + "---:|" * len(heads),
+             _row(variant, "HR@10 (warm)", [100 * r["warm_hr10"] for r in tests]),
+             _row(variant, "NDCG@10 (warm)", [100 * r["warm_ndcg10"] for r in tests])]
+    if all(r.get("pop_warm_ndcg10") is not None for r in tests):
+        lines.append(_row(f"*{POPULARITY}*", "NDCG@10 (warm)", [100 * r["pop_warm_ndcg10"] for r in tests]))
+    lines.append(_row("cold targets", "% of cases", [100 * r["cold_share"] for r in tests]))
+    return lines
 
 
 def _row(name: str, metric: str, values: list[float]) -> str:

@@ -34,16 +34,20 @@ from xsmoe_ray.streaming import Stream
 
 @dataclass
 class Cases:
-    """Evaluation cases: contexts [N, L], targets [N], candidates [C] (ascending item ids)."""
+    """Evaluation cases: contexts [N, L], targets [N], candidates [C] (ascending item ids); ``cold`` [N]
+    (test cases only): the target is an item first seen in the evaluated chunk, so no model has
+    trained on it (an ID model scores it from its initial embedding, a content model from content)."""
 
     contexts: np.ndarray
     targets: np.ndarray
     candidates: np.ndarray
+    cold: np.ndarray | None = None
 
     def shard(self, rank: int, world: int) -> "Cases":
         # contiguous copies: torch.searchsorted and the batch slices would copy strided views per call
+        cold = None if self.cold is None else np.ascontiguousarray(self.cold[rank::world])
         return Cases(np.ascontiguousarray(self.contexts[rank::world]), np.ascontiguousarray(self.targets[rank::world]),
-                     self.candidates)
+                     self.candidates, cold)
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -75,7 +79,9 @@ def window_data(stream: Stream, c: int, n_items: int, layout: str = "sliding") -
     val = eval_cases(stream, stream.val_cases(c), stream.candidates(c))
     test = None
     if c + 1 < stream.n_chunks:
-        test = eval_cases(stream, stream.test_cases(c + 1), stream.candidates(c + 1))
+        cases = stream.test_cases(c + 1)
+        test = eval_cases(stream, cases, stream.candidates(c + 1))
+        test.cold = stream.item_first_chunk[stream.item[cases]] == c + 1
     return WindowData(c, rows, len(targets), log_popularity(stream.item[targets], n_items), val, test)
 
 

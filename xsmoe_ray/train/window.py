@@ -55,8 +55,9 @@ def _ranked(score_fn, cases: Cases, candidates: torch.Tensor, mask_history: bool
     """Full-ranking sums of this rank's share of ``cases`` under ``score_fn``, summed over all ranks."""
     rank, world = rank_and_world()
     mine = cases.shard(rank, world)
+    cold = None if mine.cold is None else torch.from_numpy(mine.cold)
     sums = evaluate(score_fn, torch.from_numpy(mine.contexts), torch.from_numpy(mine.targets), candidates, k=10,
-                    batch_size=batch_size, mask_history=mask_history)
+                    batch_size=batch_size, mask_history=mask_history, cold=cold)
     return RankingSums.from_tensor(all_reduce_sum(sums.as_tensor(candidates.device)).cpu())
 
 
