@@ -4,6 +4,8 @@ import csv
 import datetime as dt
 import hashlib
 import json
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ import pytest
 
 from xsmoe_ray.data.schema import Dataset, LoadReport
 from xsmoe_ray.live import chunk_plan, first_change, row_hashes
+from xsmoe_ray.stream import follow
 from xsmoe_ray.stream import main as stream_main
 from xsmoe_ray.stream import run
 
@@ -80,9 +83,18 @@ def test_grown_data_trains_exactly_the_new_window_and_leaves_the_past_alone(fini
     last = sorted((out / "ray").rglob("state.pt"))[-1]  # window 3's; Ray Train drops window 2's later
     before = {p: _sha(p) for p in chunks + [last]}
     summary = json.loads((out / "prepared" / "summary.json").read_text())
-    _grow(Path(cfg.data.path) / "transactions_train.csv", summary["chunk_size"] + 5)
+    written = (out / "history.json").stat().st_mtime_ns
 
-    grown = run(tiny(tmp, "run", *own))
+    def grow_after_the_first_round():  # while --follow waits for new data
+        while (out / "history.json").stat().st_mtime_ns == written:
+            time.sleep(0.2)
+        _grow(Path(cfg.data.path) / "transactions_train.csv", summary["chunk_size"] + 5)
+
+    grower = threading.Thread(target=grow_after_the_first_round)
+    grower.start()
+    follow(tiny(tmp, "run", *own), interval=0.5, rounds=2)  # a relaunch with nothing new, then the new window
+    grower.join()
+    grown = json.loads((out / "history.json").read_text())
     assert [r["window"] for r in grown] == [0, 1, 2, 3, 4]  # exactly one more window
     assert grown[:4] == history  # earlier results unchanged
     assert {p: _sha(p) for p in before} == before  # old chunks and the window 3 checkpoint untouched
@@ -121,3 +133,27 @@ def _overrides(cfg) -> dict:
     pairs = dict(o.split("=", 1) for o in TINY)
     pairs.update({"run.out": cfg.run.out, "data.path": cfg.data.path, "cache.dir": cfg.cache.dir})
     return pairs
+
+
+def test_waiting_for_new_data_returns_once_the_files_grew_and_held_still(tmp_path):
+    import threading
+    import time
+
+    from xsmoe_ray.live import wait_for_new_data
+    from xsmoe_ray.prepared import source_stamp
+
+    data = tmp_path / "transactions.csv"
+    data.write_text("a\n")
+    seen = source_stamp(tmp_path)
+
+    def grow():
+        time.sleep(0.3)
+        with data.open("a") as f:
+            f.write("b\n")
+
+    t = threading.Thread(target=grow)
+    t.start()
+    t0 = time.monotonic()
+    stamp = wait_for_new_data(tmp_path, seen, 0.1, log=lambda *_: None)
+    t.join()
+    assert time.monotonic() - t0 >= 0.3 and stamp == source_stamp(tmp_path) != seen

@@ -18,7 +18,9 @@ preparing from scratch, which would cut every chunk anew under the trained windo
   user tables and, last, ``summary.json`` are written.
 
 The training loop then runs the new windows from the last checkpoint (``stream.n_chunks`` grew),
-and the cache build encodes only the new items (it reuses every row it has).
+and the cache build encodes only the new items (it reuses every row it has). ``python -m
+xsmoe_ray.stream --follow SECONDS`` relaunches by itself whenever the data files change
+(:func:`wait_for_new_data`).
 """
 
 from __future__ import annotations
@@ -173,3 +175,23 @@ def _replace_table(path: Path, table: pa.Table) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     pq.write_table(table, tmp)
     os.replace(tmp, path)
+
+
+def wait_for_new_data(source: Path, seen: list, interval: float, log=print) -> list:
+    """Block until the files directly in ``source`` differ from ``seen`` (``prepared.source_stamp``:
+    name, size, mtime) and then hold still for one more ``interval``, so that a file still being
+    copied is not read half-way. Returns the new stamp."""
+    import time
+
+    from xsmoe_ray.prepared import source_stamp
+
+    while True:
+        time.sleep(interval)
+        now = source_stamp(source)
+        if now == seen:
+            continue
+        time.sleep(interval)
+        settled = source_stamp(source)
+        if settled == now:
+            log(f"[stream] {source}: new data")
+            return settled

@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Overrides: key=value with keys " + ", ".join(valid_keys()),
     )
     p.add_argument("--config", default="demo", help="preset name (demo, hm, amazon_home, amazon_elec, ml1m, ...) or YAML file")
+    p.add_argument("--follow", type=float, default=None, metavar="SECONDS",
+                   help="after the run, check data.path every SECONDS and continue the run (new chunks, new "
+                        "windows) whenever its files grow; Ctrl-C stops")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     return p
 
@@ -177,9 +180,38 @@ def _run(cfg: ExperimentConfig, where, extra: dict | None) -> list[dict]:
     return history
 
 
+def follow(cfg: ExperimentConfig, interval: float, rounds: int | None = None) -> None:
+    """Run, then wait for the data to change and run again (the run continues: xsmoe_ray/live.py);
+    ``rounds`` runs at most (None: until interrupted)."""
+    from xsmoe_ray.live import wait_for_new_data
+    from xsmoe_ray.prepare import source_dir
+    from xsmoe_ray.prepared import source_stamp
+
+    source = source_dir(cfg, run_dir(cfg.run).local)
+    done = 0
+    while True:
+        stamp = source_stamp(source)  # before the run: data landing during it starts the next one
+        run(cfg)
+        done += 1
+        if rounds is not None and done >= rounds:
+            return
+        print(f"[stream] following {source}: waiting for new data (checked every {interval:g} s; Ctrl-C stops)",
+              flush=True)
+        wait_for_new_data(source, stamp or source_stamp(source), interval)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_guarded(lambda: run(load_config(args.config, args.overrides)))
+    if args.follow is None:
+        return run_guarded(lambda: run(load_config(args.config, args.overrides)))
+    if args.follow <= 0:
+        print("error: --follow needs a positive number of seconds", file=sys.stderr)
+        return 2
+    try:
+        return run_guarded(lambda: follow(load_config(args.config, args.overrides), args.follow))
+    except KeyboardInterrupt:
+        print("[stream] stopped following", flush=True)
+        return 0
 
 
 if __name__ == "__main__":
