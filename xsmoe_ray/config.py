@@ -20,7 +20,7 @@ import yaml
 
 FORMATS = ("synthetic", "hm", "amazon", "generic", "recbole")
 VARIANTS = ("xsmoe", "static", "noft", "visual", "textual", "iisan_rh", "iisan_kd", "sasrec_id", "sasrec_id_rh",
-            "sasrec_id_kd")
+            "sasrec_id_kd", "mmmlp", "mmmlp_rh", "mmmlp_kd")
 ROW_LAYOUTS = ("sliding", "once", "legacy")  # train/data.py
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from .base import StreamModel
-from .baselines import SASRecID
+from .baselines import MMMLP, SASRecID
 from .xsmoe import VARIANTS as XSMOE_VARIANTS
 from .xsmoe import XSMoE, build_xsmoe
 
 MODEL_CLASSES: dict[str, type[StreamModel]] = {
     **{v: XSMoE for v in XSMOE_VARIANTS},
     **{v: SASRecID for v in SASRecID.VARIANTS},
+    **{v: MMMLP for v in MMMLP.VARIANTS},
 }
 ALL_VARIANTS = tuple(MODEL_CLASSES)
 
@@ -22,9 +23,15 @@ def build_model(variant: str, *, text_dim: int | None, image_dim: int | None, n_
     """The model of ``variant``; ID models need ``n_item_rows`` (items + 1), content models the dims."""
     if variant not in MODEL_CLASSES:
         raise ValueError(f"unknown variant {variant!r}; variants: {sorted(MODEL_CLASSES)}")
+    if MODEL_CLASSES[variant] in (SASRecID, MMMLP) and not n_item_rows:
+        raise ValueError(f"variant {variant!r} needs n_item_rows (the number of items + 1)")
+    if MODEL_CLASSES[variant] is MMMLP:
+        dims = {m: d for m, d in (("image", image_dim), ("text", text_dim)) if m in modalities and d}
+        if not dims:
+            raise ValueError(f"variant {variant!r} needs at least one content modality (text_dim / image_dim)")
+        return MMMLP(variant=variant, n_item_rows=n_item_rows, dims=dims, embed_dim=embed_dim, max_len=max_len,
+                     seq_blocks=seq_blocks, dropout=dropout, kd_weight=kd_weight)
     if MODEL_CLASSES[variant] is SASRecID:
-        if not n_item_rows:
-            raise ValueError(f"variant {variant!r} needs n_item_rows (the number of items + 1)")
         return SASRecID(variant=variant, n_item_rows=n_item_rows, embed_dim=embed_dim, max_len=max_len,
                         seq_blocks=seq_blocks, seq_heads=seq_heads, dropout=dropout, kd_weight=kd_weight)
     return build_xsmoe(variant, text_dim=text_dim, image_dim=image_dim, n_groups=n_groups, d_prime=d_prime,

@@ -11,11 +11,8 @@ same rows, early stopping and evaluation:
 * ``sasrec_id_kd``: plus ``kd_weight * KL(teacher || student)`` to the model of the previous
   window, as ``iisan_kd``.
 
-Ids never trained (items first seen in a test chunk, or never in a training row): every row of
-``E`` starts from ``N(0, 0.02²)`` (row 0, the padding, at zero), and a row that no training row
-reached keeps that start, so such an item scores ``≈ 0 ± 0.02·|u|``: neither favoured nor buried.
-Rows for items added to the catalogue later (a continued run) are drawn the same way from a
-generator seeded by the table size, so every rank and every resume gets the same rows.
+Ids never trained (items first seen in a test chunk, or never in a training row) follow the one
+rule of ``id_table.py``: they keep their ``N(0, 0.02²)`` start and score near 0.
 """
 
 from __future__ import annotations
@@ -24,8 +21,8 @@ import torch
 from torch import nn
 
 from ..base import SequentialModel
+from .id_table import IdTable
 
-INIT_STD = 0.02
 VARIANTS = {"sasrec_id": {}, "sasrec_id_rh": {"replay": True}, "sasrec_id_kd": {"distill": True}}
 
 
@@ -40,10 +37,7 @@ class SASRecID(SequentialModel):
         self.variant = variant
         self.args = dict(variant=variant, n_item_rows=int(n_item_rows), embed_dim=embed_dim, max_len=max_len,
                          seq_blocks=seq_blocks, seq_heads=seq_heads, dropout=dropout, kd_weight=kd_weight)
-        self.item_table = nn.Embedding(n_item_rows, embed_dim, padding_idx=0)
-        with torch.no_grad():
-            self.item_table.weight.normal_(0.0, INIT_STD)
-            self.item_table.weight[0].zero_()
+        self.item_table = IdTable(n_item_rows, embed_dim)
         self._init_user_tower(embed_dim=embed_dim, max_len=max_len, seq_blocks=seq_blocks, seq_heads=seq_heads,
                               dropout=dropout, distill=bool(VARIANTS[variant].get("distill")), kd_weight=kd_weight)
 
@@ -53,27 +47,15 @@ class SASRecID(SequentialModel):
 
     @property
     def n_item_rows(self) -> int:
-        return self.item_table.num_embeddings
+        return self.item_table.rows
 
     def set_item_features(self, features: dict[str, torch.Tensor]) -> None:
         """The cache is not read; only its row count, so that a grown catalogue gets new id rows."""
         rows = int(next(iter(features.values())).shape[0])
-        if rows < self.n_item_rows:
-            raise ValueError(f"the item table has {self.n_item_rows} rows but the cache only {rows}: "
-                             "items cannot be removed from a run")
-        if rows > self.n_item_rows:
-            self._grow(rows)
-
-    def _grow(self, rows: int) -> None:
-        old = self.item_table.weight.detach()
-        gen = torch.Generator().manual_seed(old.shape[0])
-        new = torch.randn(rows - old.shape[0], old.shape[1], generator=gen) * INIT_STD
-        table = nn.Embedding(rows, old.shape[1], padding_idx=0).to(old.device)
-        with torch.no_grad():
-            table.weight.copy_(torch.cat([old, new.to(old.device, old.dtype)]))
-        self.item_table = table
-        self.args["n_item_rows"] = rows
-        self.__dict__["teacher"] = None  # a teacher of the old size is stale; the next window takes a new one
+        if rows != self.n_item_rows:
+            self.item_table.grow(rows)
+            self.args["n_item_rows"] = rows
+            self.__dict__["teacher"] = None  # a teacher of the old size is stale; the next window takes a new one
 
     def _embed(self, item_ids: torch.Tensor, inputs) -> torch.Tensor:
         return self.item_table(item_ids)

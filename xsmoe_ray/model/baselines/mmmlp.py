@@ -1,0 +1,167 @@
+"""MMMLP (Liang et al., WWW'23): one MLP-Mixer per stream (item ID, text, image), fused, scored by ID.
+
+Streams: for the ``L`` context items, the ID stream is ``E[i]`` (``id_table.IdTable``); each content
+stream is ``W_m l_M^m(i) + b_m``, the frozen backbone's last cached layer (what ``noft`` reads: the
+cache holds pooled states, not the patches or tokens the original mixes) projected to ``D``.
+Padding positions are zero in every stream. Each stream goes through ``LayerNorm`` and
+``seq_blocks`` mixer blocks, each a pre-norm residual *token* MLP across the ``L`` positions
+(``L → 4L → L``, GELU) and a pre-norm residual *channel* MLP (``D → 4D → D``). Fusion:
+``u = LayerNorm(W_f LayerNorm([x_id; x_text; x_image]) + b_f)`` at the last position (the most
+recent item). Score: ``u · E[j]``, by ID as in the original's output layer.
+
+Token mixing is not causal, so every position sees the whole context: only the last position may
+carry loss, so training uses one row per target (``train.rows`` gives that row) with the loss at its
+last position only (``first = L``), through the project's Eq. 8 in-batch debiased cross-entropy
+rather than the original's full-softmax CE (the same loss every model here is trained with).
+
+Variants: ``mmmlp``; ``mmmlp_rh`` (reservoir replay, as ``iisan_rh``); ``mmmlp_kd`` (KL to the
+previous window's model, as ``iisan_kd``); the paper's Table 1 has the last two.
+
+Departures from the public code (Applied-Machine-Learning-Lab/MMMLP, incomplete): there the text and
+image mixers apply the same block to the stream's input in every loop step instead of chaining the
+blocks; here the blocks are chained, as in the ID stream and the paper's description. Ids never
+trained (items first seen in a test chunk) follow ``id_table.py``'s rule: they score near 0, since
+scoring is by ID even though the context uses content.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..base import SequentialModel
+from ..loss import batch_candidates
+from .id_table import IdTable
+
+VARIANTS = {"mmmlp": {}, "mmmlp_rh": {"replay": True}, "mmmlp_kd": {"distill": True}}
+EXPANSION = 4
+
+
+class _MLP(nn.Sequential):
+    def __init__(self, dim: int, dropout: float) -> None:
+        super().__init__(nn.Linear(dim, EXPANSION * dim), nn.GELU(), nn.Dropout(dropout),
+                         nn.Linear(EXPANSION * dim, dim), nn.Dropout(dropout))
+
+
+class MixerBlock(nn.Module):
+    """Pre-norm residual token mixing across positions, then channel mixing: ``[B, L, D] → [B, L, D]``."""
+
+    def __init__(self, length: int, dim: int, dropout: float) -> None:
+        super().__init__()
+        self.token_norm, self.token = nn.LayerNorm(dim), _MLP(length, dropout)
+        self.channel_norm, self.channel = nn.LayerNorm(dim), _MLP(dim, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.token(self.token_norm(x).transpose(1, 2)).transpose(1, 2)
+        return x + self.channel(self.channel_norm(x))
+
+
+class StreamMixer(nn.Sequential):
+    def __init__(self, length: int, dim: int, blocks: int, dropout: float) -> None:
+        super().__init__(nn.LayerNorm(dim), *[MixerBlock(length, dim, dropout) for _ in range(blocks)])
+
+
+class MMMLP(SequentialModel):
+    VARIANTS = tuple(VARIANTS)
+
+    def __init__(self, *, variant: str, n_item_rows: int, dims: dict[str, int], embed_dim: int, max_len: int,
+                 seq_blocks: int, dropout: float, kd_weight: float = 1.0) -> None:
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown MMMLP variant {variant!r}; one of {sorted(VARIANTS)}")
+        self.variant = variant
+        self.modalities = tuple(sorted(dims))
+        self.args = dict(variant=variant, n_item_rows=int(n_item_rows), dims={m: int(d) for m, d in dims.items()},
+                         embed_dim=embed_dim, max_len=max_len, seq_blocks=seq_blocks, dropout=dropout,
+                         kd_weight=kd_weight)
+        self.item_table = IdTable(n_item_rows, embed_dim)
+        self.project = nn.ModuleDict({m: nn.Linear(dims[m], embed_dim) for m in self.modalities})
+        streams = ("id",) + self.modalities
+        self.mixers = nn.ModuleDict({s: StreamMixer(max_len, embed_dim, seq_blocks, dropout) for s in streams})
+        self.fuse_norm = nn.LayerNorm(len(streams) * embed_dim)
+        self.fuse = nn.Linear(len(streams) * embed_dim, embed_dim)
+        self.out_norm = nn.LayerNorm(embed_dim)
+        self.max_len, self.kd_weight, self.distill = max_len, kd_weight, bool(VARIANTS[variant].get("distill"))
+        for m in self.modalities:
+            self.register_buffer(f"features_{m}", None, persistent=False)
+
+    @property
+    def replay(self) -> bool:
+        return bool(VARIANTS[self.variant].get("replay"))
+
+    # ---- inputs --------------------------------------------------------------------------------------
+    def set_item_features(self, features: dict[str, torch.Tensor]) -> None:
+        """Keeps each modality's last cached layer ``[n_items+1, d]``; grows the id table with the catalogue."""
+        for m in self.modalities:
+            if m not in features:
+                raise ValueError(f"variant {self.variant!r} needs {m!r} features; got {sorted(features)}")
+            setattr(self, f"features_{m}", features[m][:, -1].to(self.fuse.weight.device))
+        rows = int(next(iter(features.values())).shape[0])
+        if rows != self.n_item_rows:
+            self.item_table.grow(rows)
+            self.args["n_item_rows"] = rows
+            self.__dict__["teacher"] = None  # a teacher of the old size is stale; the next window takes a new one
+
+    def _item_inputs(self) -> dict[str, torch.Tensor]:
+        return {m: getattr(self, f"features_{m}") for m in self.modalities}
+
+    def _shared_tensors(self) -> list[torch.Tensor]:
+        return [t for t in self._item_inputs().values() if t is not None]
+
+    @property
+    def _ddp_params_and_buffers_to_ignore(self) -> list[str]:
+        return [f"features_{m}" for m in self.modalities]
+
+    @property
+    def n_item_rows(self) -> int:
+        return self.item_table.rows
+
+    # ---- towers --------------------------------------------------------------------------------------
+    def _embed(self, item_ids: torch.Tensor, inputs) -> torch.Tensor:
+        return self.item_table(item_ids)  # scores are by ID
+
+    def _mix(self, ids: torch.Tensor, index: torch.Tensor, inputs) -> torch.Tensor:
+        """Unique ids [U] and a context ``index`` [B, L] into them (-1 = padding) → states ``[B, L, D]``."""
+        real = (index >= 0).unsqueeze(-1)
+        at = index.clamp_min(0)
+        streams = [self.mixers["id"](self.item_table(ids)[at] * real)]
+        for m in self.modalities:
+            content = self.project[m](inputs[m].index_select(0, ids).float())  # [U, D]
+            streams.append(self.mixers[m](content[at] * real))
+        return self.out_norm(self.fuse(self.fuse_norm(torch.cat(streams, dim=-1))))
+
+    def _towers(self, seq: torch.Tensor, inputs):
+        ids, index = batch_candidates(seq)
+        return ids, index, self._embed(ids, inputs), self._mix(ids, index[:, :-1], inputs)
+
+    def user_states(self, seq_ids: torch.Tensor, known: tuple[torch.Tensor, torch.Tensor] | None = None
+                    ) -> torch.Tensor:
+        """``[B, L]`` contexts → ``[B, L, D]``; only the last position is a user vector (not causal)."""
+        ids, index = batch_candidates(seq_ids)
+        return self._mix(ids, index, self._item_inputs())
+
+    def forward(self, seq: torch.Tensor, log_pop: torch.Tensor, first: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, dict]:
+        """The loss at the last position of each row only (module docstring); ``first`` is overridden."""
+        last = torch.full((seq.shape[0],), seq.shape[1] - 1, dtype=torch.long, device=seq.device)
+        return super().forward(seq, log_pop, last)
+
+    loss = forward
+
+    def _logits(self, seq: torch.Tensor, log_pop: torch.Tensor, inputs, first: torch.Tensor | None = None):
+        last = torch.full((seq.shape[0],), seq.shape[1] - 1, dtype=torch.long, device=seq.device)
+        return super()._logits(seq, log_pop, inputs, last)
+
+    # ---- structure -----------------------------------------------------------------------------------
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return list(self.parameters())
+
+    def parameter_parts(self) -> dict[str, nn.Module]:
+        return {"item_table": self.item_table, "project": self.project, "mixers": self.mixers, "fuse": self.fuse}
+
+    def structure(self) -> dict:
+        return {**self.args, "dims": dict(self.args["dims"])}
+
+    @classmethod
+    def from_structure(cls, structure: dict) -> "MMMLP":
+        return cls(**structure)
