@@ -14,7 +14,8 @@ preparing from scratch, which would cut every chunk anew under the trained windo
   processed one. Only complete chunks become windows; the rest waits for more data and is reported.
 * **Old chunk files are not rewritten.** The whole stream is rebuilt with the old chunk boundaries
   (per-chunk k-core, splits and contexts of old chunks depend only on old rows, so they come out
-  identical; this is checked), then only the new ``windows/chunk_NN.parquet`` files, the item and
+  identical; this is checked: a file whose old rows were reordered codes users differently and is
+  refused), then only the new ``windows/chunk_NN.parquet`` files, the item and
   user tables and, last, ``summary.json`` are written.
 
 The training loop then runs the new windows from the last checkpoint (``stream.n_chunks`` grew),
@@ -167,8 +168,12 @@ def _check_old_chunks_identical(out: Path, stream, n_old: int) -> None:
                 and np.array_equal(old.column("item").to_numpy(), stream.item[r])
                 and np.array_equal(old.column("context").combine_chunks().flatten().to_numpy(),
                                    stream.context[r].reshape(-1)))
-        if not same:  # the protocol is deterministic over unchanged rows; this would be a bug here
-            raise RuntimeError(f"{out}: chunk {c} came out different when the stream was continued")
+        if not same:  # same rows (hashes matched), other codes: users are coded in file order
+            raise LiveDataError(str(out), f"chunk {c} comes out different from the one this run trained on, "
+                                          "although the interactions are the same: the source file's row order "
+                                          "changed (users are coded in order of first appearance in the file); "
+                                          "keep the old rows in their order and append new ones, or start a new "
+                                          "run.out")
 
 
 def _replace_table(path: Path, table: pa.Table) -> None:
