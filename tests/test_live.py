@@ -157,3 +157,24 @@ def test_waiting_for_new_data_returns_once_the_files_grew_and_held_still(tmp_pat
     stamp = wait_for_new_data(tmp_path, seen, 0.1, log=lambda *_: None)
     t.join()
     assert time.monotonic() - t0 >= 0.3 and stamp == source_stamp(tmp_path) != seen
+
+
+def test_old_rows_reordered_in_the_file_are_refused_by_name(finished, capsys):
+    """The same interactions in another file order code users differently (first appearance), so the
+    old chunks would change under the trained windows: refused, saying why."""
+    cfg, _, tmp, own = finished
+    transactions = Path(cfg.data.path) / "transactions_train.csv"
+    original = transactions.read_text()
+    header, *body = original.splitlines(keepends=True)
+    first_day = [r for r in body if r.split(",")[0] == body[0].split(",")[0]]
+    second_day = [r for r in body if r.split(",")[0] == body[len(first_day)].split(",")[0]]
+    n = len(first_day) + len(second_day)
+    assert body[:n] == first_day + second_day  # the file is in date order
+    try:
+        transactions.write_text(header + "".join(second_day + first_day + body[n:]))  # two days' blocks swapped
+        argv = ["--config", "demo"] + [f"{k}={v}" for k, v in _overrides(tiny(tmp, "run", *own)).items()]
+        assert stream_main(argv) == 2
+        err = capsys.readouterr().err
+        assert "comes out different" in err and "row order changed" in err
+    finally:
+        transactions.write_text(original)
