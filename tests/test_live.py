@@ -59,7 +59,7 @@ def _grow(transactions: Path, n: int, days: int = 30) -> None:
     users and items, so the new chunk survives the k-core)."""
     with transactions.open() as f:
         rows = list(csv.reader(f))
-    header, body = rows[0], rows[1:]
+    body = rows[1:]  # below the header
     block = body[-n:]
     shift = dt.date.fromisoformat(body[-1][0]) - dt.date.fromisoformat(block[0][0]) + dt.timedelta(days=days)
     new = [[(dt.date.fromisoformat(r[0]) + shift).isoformat(), *r[1:]] for r in block]

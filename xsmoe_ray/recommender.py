@@ -35,6 +35,7 @@ from xsmoe_ray.rundir import read_bytes, run_dir, snapshot_location
 from xsmoe_ray.scoring import ItemTable
 from xsmoe_ray.train.checkpoint import STATE_FILE, read_state_and_config
 
+
 class RecommendError(ValueError):
     """A request the run cannot answer: unknown users or items, a window without a checkpoint."""
 
