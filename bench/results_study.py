@@ -42,12 +42,16 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from xsmoe_ray.config import VARIANTS as ALL_VARIANTS  # noqa: E402
 from xsmoe_ray.report import _png, dedupe_windows, test_rows  # noqa: E402
 
-VARIANTS = ("xsmoe", "static", "noft", "visual", "textual", "iisan_rh", "iisan_kd")
+VARIANTS = ALL_VARIANTS  # every model.variant; a study runs DEFAULT_VARIANTS unless told otherwise
+DEFAULT_VARIANTS = ("xsmoe", "static", "noft", "visual", "textual", "iisan_rh", "iisan_kd")
 SEEDS = (0, 1, 2)
 LABELS = {"xsmoe": "XSMoE", "static": "static (Table 2)", "noft": "noft (Table 2)", "visual": "visual only",
-          "textual": "textual only", "iisan_rh": "IISAN + replay", "iisan_kd": "IISAN + KD"}
+          "textual": "textual only", "iisan_rh": "IISAN + replay", "iisan_kd": "IISAN + KD",
+          "sasrec_id": "SASRec-ID (extra)", "sasrec_id_rh": "SASRec-ID + replay (extra)",
+          "sasrec_id_kd": "SASRec-ID + KD (extra)", "mmmlp": "MMMLP", "mmmlp_rh": "MMMLP_RH", "mmmlp_kd": "MMMLP_KD"}
 
 
 # --------------------------------------------------------------------------------------------- runs
@@ -557,7 +561,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default="synth_medium", help="preset or YAML (default synth_medium)")
     p.add_argument("--root", type=Path, default=REPO / "runs" / "results_study",
                    help="study directory: data/, cache/, runs/<variant>_s<seed>/, logs/ (default runs/results_study)")
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=VARIANTS)
     p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra stream override for every run of this root (repeatable)")
