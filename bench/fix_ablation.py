@@ -37,7 +37,7 @@ from xsmoe_ray.cache import load_grouped, open_cache  # noqa: E402
 from xsmoe_ray.config import load_config  # noqa: E402
 from xsmoe_ray.prepared import load_prepared  # noqa: E402
 from xsmoe_ray.stream import data_stages  # noqa: E402
-from xsmoe_ray.train.data import log_popularity, training_rows, window_data  # noqa: E402
+from xsmoe_ray.train.data import log_popularity, split_rows, training_rows, window_data  # noqa: E402
 from xsmoe_ray.train.window import train_window  # noqa: E402
 from xsmoe_ray.train.worker import new_model, warm_up_items  # noqa: E402
 
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     features = load_grouped(cache, cfg.model.layers_per_group, list(open_cache(cache).arrays), torch.device("cpu"))
     data = window_data(stream, args.window, n_items, cfg.train.rows)
     legacy = dataclasses.replace(data, train_rows=training_rows(stream, stream.train_targets(args.window), "legacy"))
-    rows_pop = log_popularity(data.train_rows[:, :-1], n_items)
+    rows_pop = log_popularity(split_rows(data.train_rows)[0], n_items)
     results = {}
 
     def record(name, value):

@@ -228,7 +228,7 @@ def stage_flops(d: Path, args) -> dict:
 
     from xsmoe_ray.cache import load_grouped
     from xsmoe_ray.prepared import load_prepared
-    from xsmoe_ray.train.data import window_data
+    from xsmoe_ray.train.data import split_rows, window_data
     from xsmoe_ray.train.window import _step
     from xsmoe_ray.train.worker import new_model, warm_up_items
 
@@ -259,7 +259,7 @@ def stage_flops(d: Path, args) -> dict:
         known = (by_id, torch.ones(len(by_id), dtype=torch.bool))
         ctx = torch.from_numpy(data.val.contexts[:1024])
         out["case_mflop"] = flops(lambda: model.user_embedding(ctx, known).float() @ table.T) / 1e6 / len(ctx)
-    out["unique_items_first_batch"] = int(torch.unique(batch[:, :-1]).numel())
+    out["unique_items_first_batch"] = int(torch.unique(split_rows(batch)[0]).numel())
     return out
 
 

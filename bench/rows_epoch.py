@@ -49,7 +49,7 @@ from xsmoe_ray.train.worker import new_model, warm_up_items  # noqa: E402
 
 
 def loss_positions(rows: np.ndarray) -> int:
-    seq, first = split_rows(rows)
+    seq, first, _ = split_rows(rows)
     pos = np.arange(1, seq.shape[1])
     return int((((seq[:, 1:] > 0) & (seq[:, :-1] > 0)) & (pos[None, :] >= first[:, None])).sum())
 

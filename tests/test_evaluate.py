@@ -130,3 +130,18 @@ def test_warm_sums_survive_the_all_reduce_round_trip():
     assert (c.warm.hits, c.warm.count) == (1, 5) and c.cold_share == pytest.approx(0.5)
     d = a + b
     assert (d.warm.hits, d.warm.count, d.count) == (1, 5, 10)
+
+
+def test_users_reach_the_score_function_batch_by_batch():
+    candidates = torch.arange(1, 6)
+    contexts = torch.arange(7)[:, None].expand(7, 2).clone()
+    targets = torch.tensor([1, 2, 3, 4, 5, 1, 2])
+    users = torch.tensor([10, 11, 12, 13, 14, 15, 16])
+    seen = []
+
+    def score(ctx, out, users=None):
+        seen.append(users.tolist())
+        return torch.zeros(len(ctx), len(candidates))
+
+    evaluate(score, contexts, targets, candidates, k=2, batch_size=3, users=users)
+    assert seen == [[10, 11, 12], [13, 14, 15], [16]]

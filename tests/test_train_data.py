@@ -11,7 +11,7 @@ from xsmoe_ray.train.data import epoch_batches, log_popularity, split_rows, trai
 def loss_positions(stream, rows):
     """(user, item, position-in-user-history) of every loss position of the rows, from the rows alone."""
     L = stream.max_len
-    seq, first = split_rows(rows)
+    seq, first, _ = split_rows(rows)
     out = []
     for r, f in zip(seq, first):
         for t in range(int(f), L + 1):
@@ -24,8 +24,8 @@ def test_rows_cover_each_train_target_once_with_loss_only_on_this_chunk():
     for c in range(5):
         targets = s.train_targets(c)
         rows = training_rows(s, targets, "once")
-        seq, first = split_rows(rows)
-        assert rows.shape[1] == s.max_len + 2 and ((first >= 1) & (first <= s.max_len)).all()
+        seq, first, _ = split_rows(rows)
+        assert rows.shape[1] == s.max_len + 3 and ((first >= 1) & (first <= s.max_len)).all()
         # Every loss position's (input, target) pair is a D_c^train target with its previous item, once:
         # the multiset of targets equals the targets' items, and the count equals the number of targets.
         assert sorted(loss_positions(s, rows)) == sorted(s.item[targets].tolist())
@@ -42,7 +42,7 @@ def test_rows_context_is_the_targets_history_and_pieces_hold_at_most_L_targets()
     s = build_stream(make_dataset(), chunks=5, k_core=2, train_frac=0.85, max_len=3)
     targets = s.train_targets(2)
     rows = training_rows(s, targets, "once")
-    seq, first = split_rows(rows)
+    seq, first, _ = split_rows(rows)
     # Each row is a real stretch of one user's history: it equals some target's context + that target.
     ends = {(tuple(s.context[r]), int(s.item[r])) for r in targets}
     assert all((tuple(r[:-1]), int(r[-1])) in ends for r in seq)
@@ -58,7 +58,7 @@ def test_sliding_rows_end_at_every_target_and_train_each_in_up_to_L_contexts():
     for c in range(5):
         targets = s.train_targets(c)
         rows = training_rows(s, targets, "sliding")
-        seq, first = split_rows(rows)
+        seq, first, _ = split_rows(rows)
         # one row per target, each its target's context + the target, in time order
         assert len(rows) == len(targets)
         assert np.array_equal(seq[:, -1], s.item[targets]) and np.array_equal(seq[:, :-1], s.context[targets])
@@ -85,7 +85,7 @@ def test_legacy_rows_train_every_position_and_once_is_the_fewest_rows():
     s = build_stream(make_dataset(), chunks=5, k_core=2, train_frac=0.85, max_len=3)
     targets = s.train_targets(3)
     legacy, sliding, once = (training_rows(s, targets, k) for k in ("legacy", "sliding", "once"))
-    assert (split_rows(legacy)[1] == 1).all() and np.array_equal(legacy[:, :-1], sliding[:, :-1])
+    assert (split_rows(legacy)[1] == 1).all() and np.array_equal(split_rows(legacy)[0], split_rows(sliding)[0])
     assert (split_rows(sliding)[1] >= split_rows(legacy)[1]).all() and (split_rows(sliding)[1] > 1).any()
     assert len(once) < len(sliding) == len(targets)
     with pytest.raises(ValueError, match="train.rows"):
@@ -137,3 +137,17 @@ def test_test_cases_mark_targets_first_seen_in_the_test_chunk_as_cold():
         assert (first <= c + 1).all() and data.val.cold is None
         shard = data.test.shard(1, 2)
         assert np.array_equal(shard.cold, data.test.cold[1::2])
+
+
+def test_every_row_and_case_carries_its_user():
+    s = build_stream(make_dataset(), chunks=5, k_core=2, train_frac=0.85, max_len=4)
+    data = window_data(s, 2, int(s.item.max()))
+    for layout in ("sliding", "once", "legacy"):
+        targets = s.train_targets(2)
+        rows = training_rows(s, targets, layout)
+        seq, _, users = split_rows(rows)
+        by_target = {(int(s.user[t]), int(s.item[t])) for t in targets}
+        assert all((int(u), int(i)) in by_target for u, i in zip(users, seq[:, -1]))  # the target's own user
+    assert np.array_equal(data.test.users, s.user[s.test_cases(3)])
+    assert np.array_equal(data.val.users, s.user[s.val_cases(2)])
+    assert np.array_equal(data.test.shard(0, 2).users, data.test.users[0::2])

@@ -103,6 +103,7 @@ def evaluate(
     batch_size: int = 1024,
     mask_history: bool = False,
     cold: torch.Tensor | None = None,
+    users: torch.Tensor | None = None,
 ) -> RankingSums:
     """Rank each case's target among ``candidates``.
 
@@ -111,7 +112,9 @@ def evaluate(
     (float32, reused across batches) and returning it; a different tensor returned is copied into
     ``out``. ``targets`` [N] are item ids that must be among the candidates. Cases are processed in
     batches, so scores never take more than one ``batch_size × C`` buffer. ``cold`` [N] bool marks
-    cases with a cold target; the result's ``warm`` then holds the sums over the others.
+    cases with a cold target; the result's ``warm`` then holds the sums over the others. ``users``
+    [N] (user codes), when given, reach ``score_fn`` as ``users=`` with each batch, for models that
+    embed users.
     """
     if len(targets) == 0:
         return RankingSums(warm=RankingSums() if cold is not None else None)
@@ -124,7 +127,10 @@ def evaluate(
     for lo in range(0, len(targets), batch_size):
         ctx = contexts[lo: lo + batch_size].to(device)
         out = buffer[: len(ctx)]
-        scores = score_fn(ctx, out)
+        if users is None:
+            scores = score_fn(ctx, out)
+        else:
+            scores = score_fn(ctx, out, users=users[lo: lo + batch_size].to(device))
         if scores.data_ptr() != out.data_ptr():
             out.copy_(scores)
         tcol = col[lo: lo + batch_size]

@@ -237,7 +237,9 @@ class Recommender:
         if not good:
             return out
         contexts = torch.from_numpy(np.stack([resolved[i][0] for i in good])).to(self.device)
-        scores = self.items.scores(contexts)  # [B, C]
+        users = torch.tensor([self.catalogue.user_code[queries[i].user] if queries[i].user is not None else -1
+                              for i in good], device=self.device)  # -1: a session without a user
+        scores = self.items.scores(contexts, users=users)  # [B, C]
         for row, i in enumerate(good):
             exclude = resolved[i][1]
             if len(exclude):

@@ -32,14 +32,15 @@ class ItemTable:
         return len(self.candidates)
 
     @torch.inference_mode()
-    def users(self, contexts: torch.Tensor) -> torch.Tensor:
-        """``[B, L]`` left-padded item ids → user vectors ``[B, D]`` (float32)."""
-        return self.model.user_embedding(contexts, (self.by_id, self.have)).float()
+    def users(self, contexts: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, L]`` left-padded item ids (and user codes ``[B]``, -1 for none) → user vectors ``[B, D]``."""
+        return self.model.user_embedding(contexts, (self.by_id, self.have), users=users).float()
 
     @torch.inference_mode()
-    def scores(self, contexts: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    def scores(self, contexts: torch.Tensor, out: torch.Tensor | None = None,
+               users: torch.Tensor | None = None) -> torch.Tensor:
         """``[B, L]`` contexts → scores ``[B, C]`` in candidate order, written into ``out`` when given."""
-        return torch.mm(self.users(contexts), self.table.T, out=out)
+        return torch.mm(self.users(contexts, users), self.table.T, out=out)
 
     def columns(self, item_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Column of each id in the table, and whether it is a candidate at all."""

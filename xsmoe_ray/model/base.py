@@ -42,8 +42,10 @@ class StreamModel(nn.Module):
     def item_embeddings(self, item_ids: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
         raise NotImplementedError
 
-    def user_embedding(self, context: torch.Tensor, known: tuple[torch.Tensor, torch.Tensor] | None = None
-                       ) -> torch.Tensor:
+    def user_embedding(self, context: torch.Tensor, known: tuple[torch.Tensor, torch.Tensor] | None = None,
+                       users: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, L]`` contexts → user vectors ``[B, D]``; ``users`` [B]: user codes, -1 for a session
+        without one (models that do not embed users ignore them)."""
         raise NotImplementedError
 
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -144,10 +146,10 @@ class SequentialModel(StreamModel):
             emb[missing] = self.item_embeddings(ids[missing]).to(emb.dtype)
         return self._states(emb, index)
 
-    def user_embedding(self, context: torch.Tensor, known: tuple[torch.Tensor, torch.Tensor] | None = None
-                       ) -> torch.Tensor:
+    def user_embedding(self, context: torch.Tensor, known: tuple[torch.Tensor, torch.Tensor] | None = None,
+                       users: torch.Tensor | None = None) -> torch.Tensor:
         """``[B, L]`` left-padded context → ``[B, D]``, the state at the last position (``known``: as
-        :meth:`user_states`)."""
+        :meth:`user_states`; ``users`` are not used: the user is their sequence)."""
         return self.user_states(context, known)[:, -1]
 
     def score_all(self, context: torch.Tensor, candidate_ids: torch.Tensor) -> torch.Tensor:
@@ -169,11 +171,12 @@ class SequentialModel(StreamModel):
         ids, index, table, states = self._towers(seq, inputs)
         return masked_logits(states, table, index, log_pop[ids], first)  # [P, U], [P]
 
-    def forward(self, seq: torch.Tensor, log_pop: torch.Tensor, first: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, dict]:
+    def forward(self, seq: torch.Tensor, log_pop: torch.Tensor, first: torch.Tensor | None = None,
+                users: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         """Training loss of a batch. ``seq`` [B, L+1] int64 (0 = left padding): positions ``0..L-1`` are
         inputs, ``1..L`` targets; ``log_pop`` [n_items+1] = log p_i; ``first`` [B]: the first position
-        of each row that carries loss (default 1; a position also needs a real input and target).
+        of each row that carries loss (default 1; a position also needs a real input and target);
+        ``users`` [B]: the rows' user codes (not used here: the user is their sequence).
 
         Returns ``(loss, stats)``; stats hold detached tensors / ints: ce, kd, loss, targets, unique_items.
         """

@@ -42,12 +42,14 @@ class Cases:
     targets: np.ndarray
     candidates: np.ndarray
     cold: np.ndarray | None = None
+    users: np.ndarray | None = None  # [N] user codes, for models that embed users
 
     def shard(self, rank: int, world: int) -> "Cases":
         # contiguous copies: torch.searchsorted and the batch slices would copy strided views per call
-        cold = None if self.cold is None else np.ascontiguousarray(self.cold[rank::world])
-        return Cases(np.ascontiguousarray(self.contexts[rank::world]), np.ascontiguousarray(self.targets[rank::world]),
-                     self.candidates, cold)
+        def part(a):
+            return None if a is None else np.ascontiguousarray(a[rank::world])
+
+        return Cases(part(self.contexts), part(self.targets), self.candidates, part(self.cold), part(self.users))
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -57,9 +59,11 @@ class Cases:
 class WindowData:
     """What one window trains on (chunk ``c``) and is tested on (chunk ``c + 1``, if any).
 
-    ``train_rows`` [N, L+2] int64: columns ``0..L`` one row's items, left padded with 0, and column
-    ``L+1`` the first position (1..L) that carries loss (see the module docstring; the model's
-    ``forward(seq, log_pop, first)`` takes the two parts, :func:`split_rows`). ``n_targets`` is the
+    ``train_rows`` [N, L+3] int64: columns ``0..L`` one row's items, left padded with 0, column
+    ``L+1`` the first position (1..L) that carries loss (see the module docstring) and column
+    ``L+2`` the row's user code, for models that embed users (the model's
+    ``forward(seq, log_pop, first, users)`` takes the parts, :func:`split_rows`; the user travels
+    with a row into the replay reservoir). ``n_targets`` is the
     number of loss positions, D_c^train's targets. ``log_pop`` [n_items+1] is the log popularity
     used to debias the in-batch loss (Eq. 8), from this window's training targets.
     """
@@ -86,7 +90,7 @@ def window_data(stream: Stream, c: int, n_items: int, layout: str = "sliding") -
 
 
 def training_rows(stream: Stream, targets: np.ndarray, layout: str = "sliding") -> np.ndarray:
-    """Rows ``[N, L+2]`` over ``targets`` (time-ordered row indices of one chunk's train split).
+    """Rows ``[N, L+3]`` over ``targets`` (time-ordered row indices of one chunk's train split).
 
     Relies on a user's targets being consecutive in their history (a chunk's train split precedes
     its val split in time; only a user's first-ever row has no context, and it is no target).
@@ -111,17 +115,19 @@ def training_rows(stream: Stream, targets: np.ndarray, layout: str = "sliding") 
         # sliding: the row's current targets are the user's targets up to this one, at most L of them
         first = np.ones(len(u), np.int64) if layout == "legacy" else L + 1 - np.minimum(L, fwd + 1)
     end_rows = targets[order[ends]]
-    rows = np.empty((len(end_rows), L + 2), dtype=np.int64)
+    rows = np.empty((len(end_rows), L + 3), dtype=np.int64)
     rows[:, :L] = stream.context[end_rows]
     rows[:, L] = stream.item[end_rows]
     rows[:, L + 1] = first
+    rows[:, L + 2] = stream.user[end_rows]
     order_in_time = np.argsort(end_rows, kind="stable")  # deterministic, time-ordered rows
     return rows[order_in_time]
 
 
 def split_rows(rows):
-    """``[B, L+2]`` training rows → items ``[B, L+1]`` and first loss position ``[B]`` (numpy or torch)."""
-    return rows[:, :-1], rows[:, -1]
+    """``[B, L+3]`` training rows → items ``[B, L+1]``, first loss position ``[B]`` and user ``[B]``
+    (numpy or torch)."""
+    return rows[:, :-2], rows[:, -2], rows[:, -1]
 
 
 def chunk_counts(stream: Stream, c: int, n_items: int) -> np.ndarray:
@@ -130,7 +136,8 @@ def chunk_counts(stream: Stream, c: int, n_items: int) -> np.ndarray:
 
 
 def eval_cases(stream: Stream, rows: np.ndarray, candidates: np.ndarray) -> Cases:
-    return Cases(stream.context[rows].astype(np.int64), stream.item[rows].astype(np.int64), candidates.astype(np.int64))
+    return Cases(stream.context[rows].astype(np.int64), stream.item[rows].astype(np.int64), candidates.astype(np.int64),
+                 users=stream.user[rows].astype(np.int64))
 
 
 def log_popularity(items: np.ndarray, n_items: int) -> np.ndarray:

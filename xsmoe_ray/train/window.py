@@ -56,8 +56,9 @@ def _ranked(score_fn, cases: Cases, candidates: torch.Tensor, mask_history: bool
     rank, world = rank_and_world()
     mine = cases.shard(rank, world)
     cold = None if mine.cold is None else torch.from_numpy(mine.cold)
+    users = None if mine.users is None else torch.from_numpy(mine.users)
     sums = evaluate(score_fn, torch.from_numpy(mine.contexts), torch.from_numpy(mine.targets), candidates, k=10,
-                    batch_size=batch_size, mask_history=mask_history, cold=cold)
+                    batch_size=batch_size, mask_history=mask_history, cold=cold, users=users)
     return RankingSums.from_tensor(all_reduce_sum(sums.as_tensor(candidates.device)).cpu())
 
 
@@ -81,7 +82,8 @@ def evaluate_popularity(counts: torch.Tensor, cases: Cases, device: torch.device
     the chunk before the test chunk), same tie rule, masking and sharding as :func:`evaluate_cases`."""
     candidates = torch.from_numpy(cases.candidates).to(device)
     row = counts.to(device=device, dtype=torch.float32)[candidates]  # [C]
-    return _ranked(lambda ctx, out: out.copy_(row.expand(len(ctx), -1)), cases, candidates, mask_history, batch_size)
+    return _ranked(lambda ctx, out, users=None: out.copy_(row.expand(len(ctx), -1)), cases, candidates, mask_history,
+                   batch_size)
 
 
 def train_window(model, data: WindowData, cfg: TrainConfig, device: torch.device, *, seed: int,
@@ -147,7 +149,7 @@ def track_utilization(raw, rows: torch.Tensor, batch_size: int, device: torch.de
     was_training = raw.training
     raw.train()
     for idx in epoch_batches(len(rows), batch_size, seed=0, epoch=0, rank=rank, world=world):
-        seq, _ = split_rows(rows[idx])
+        seq, _, _ = split_rows(rows[idx])
         ids, _ = batch_candidates(seq.to(device))
         raw.item_embeddings(ids)
     raw.set_utilization_tracking(False)
@@ -157,9 +159,9 @@ def track_utilization(raw, rows: torch.Tensor, batch_size: int, device: torch.de
 def _step(model, optimizer, scaler, batch, log_pop, device, precision) -> torch.Tensor:
     """One optimizer step; the loss stays on the device (no host sync per step)."""
     optimizer.zero_grad(set_to_none=True)
-    seq, first = split_rows(batch)
+    seq, first, users = split_rows(batch)
     with autocast_for(device, precision):
-        loss, _ = model(seq, log_pop, first)
+        loss, _ = model(seq, log_pop, first, users)
     if scaler is not None:
         scaler.scale(loss).backward()
         scaler.step(optimizer)

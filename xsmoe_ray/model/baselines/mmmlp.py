@@ -140,11 +140,11 @@ class MMMLP(SequentialModel):
         ids, index = batch_candidates(seq_ids)
         return self._mix(ids, index, self._item_inputs())
 
-    def forward(self, seq: torch.Tensor, log_pop: torch.Tensor, first: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, dict]:
+    def forward(self, seq: torch.Tensor, log_pop: torch.Tensor, first: torch.Tensor | None = None,
+                users: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         """The loss at the last position of each row only (module docstring); ``first`` is overridden."""
         last = torch.full((seq.shape[0],), seq.shape[1] - 1, dtype=torch.long, device=seq.device)
-        return super().forward(seq, log_pop, last)
+        return super().forward(seq, log_pop, last, users)
 
     loss = forward
 
