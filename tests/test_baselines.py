@@ -123,7 +123,8 @@ def test_new_items_get_seeded_rows_and_old_rows_stay():
     assert model.n_item_rows == N_ITEMS + 11 and model.structure()["n_item_rows"] == N_ITEMS + 11
     assert torch.equal(model.item_table.weight[: N_ITEMS + 1], before)
     assert torch.equal(model.item_table.weight, twin.item_table.weight)  # every rank, every resume alike
-    assert model.item_table.weight[N_ITEMS + 1:].abs().max() < 0.2
+    new_rows = model.item_table.weight.detach()[N_ITEMS + 1:]
+    assert 0.5 < float(new_rows.std()) < 2.0  # drawn at the table's own scale (std 1 for SASRec-ID)
     assert model_from_structure(model.structure()).n_item_rows == N_ITEMS + 11
     with pytest.raises(ValueError, match="cannot be removed"):
         model.set_item_features(FEATURES)

@@ -1,10 +1,13 @@
 """The item-ID embedding table of the ID-based baselines, and the one rule for ids never trained.
 
-Every row starts from ``N(0, 0.02²)`` (row 0, the padding, at zero). A row that no training batch
-reached keeps that start, so an item first seen in a test chunk (a *cold* target, reported apart
-in results.md) scores ``≈ 0 ± 0.02·|u|`` for every ID model alike: neither favoured nor buried.
-When the catalogue grows (a continued run), the new rows are drawn the same way from a generator
-seeded by the table's old size, so every rank and every resume gets the same rows.
+A row starts from ``N(0, std²)`` at the scale its model expects (row 0, the padding, at zero):
+SASRec-ID's rows enter the sequence encoder beside its ``N(0, 1)`` positional table, so they start
+at std 1 (RecBole's SASRec keeps items and positions at one scale too); MMMLP's enter a LayerNorm
+first, and start at its public code's 0.02. The rule, the same for every ID model: a row that no
+training batch reached keeps its start, so an item first seen in a test chunk (a *cold* target,
+reported apart in results.md) is scored from an untrained random row. When the catalogue grows (a
+continued run), the new rows are drawn the same way from a generator seeded by the table's old
+size, so every rank and every resume gets the same rows.
 """
 
 from __future__ import annotations
@@ -12,17 +15,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-INIT_STD = 0.02
-
-
 class IdTable(nn.Module):
     """``[rows, dim]`` item embeddings by id; :meth:`grow` appends rows for new items."""
 
-    def __init__(self, rows: int, dim: int) -> None:
+    def __init__(self, rows: int, dim: int, std: float) -> None:
         super().__init__()
+        self.std = std
         self.weight = nn.Parameter(torch.empty(rows, dim))
         with torch.no_grad():
-            self.weight.normal_(0.0, INIT_STD)
+            self.weight.normal_(0.0, std)
             self.weight[0].zero_()
 
     @property
@@ -40,5 +41,5 @@ class IdTable(nn.Module):
             return
         old = self.weight.detach()
         gen = torch.Generator().manual_seed(old.shape[0])
-        new = (torch.randn(rows - old.shape[0], old.shape[1], generator=gen) * INIT_STD).to(old.device, old.dtype)
+        new = (torch.randn(rows - old.shape[0], old.shape[1], generator=gen) * self.std).to(old.device, old.dtype)
         self.weight = nn.Parameter(torch.cat([old, new]), requires_grad=self.weight.requires_grad)

@@ -20,8 +20,9 @@ previous window's model, as ``iisan_kd``); the paper's Table 1 has the last two.
 Departures from the public code (Applied-Machine-Learning-Lab/MMMLP, incomplete): there the text and
 image mixers apply the same block to the stream's input in every loop step instead of chaining the
 blocks; here the blocks are chained, as in the ID stream and the paper's description. Ids never
-trained (items first seen in a test chunk) follow ``id_table.py``'s rule: they score near 0, since
-scoring is by ID even though the context uses content.
+trained (items first seen in a test chunk) follow ``id_table.py``'s rule: they keep their random
+``N(0, 0.02²)`` start, so they score near 0, since scoring is by ID even though the context uses
+content.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class MMMLP(SequentialModel):
         self.args = dict(variant=variant, n_item_rows=int(n_item_rows), dims={m: int(d) for m, d in dims.items()},
                          embed_dim=embed_dim, max_len=max_len, seq_blocks=seq_blocks, dropout=dropout,
                          kd_weight=kd_weight)
-        self.item_table = IdTable(n_item_rows, embed_dim)
+        self.item_table = IdTable(n_item_rows, embed_dim, std=0.02)  # as the public code; LayerNorm follows
         self.project = nn.ModuleDict({m: nn.Linear(dims[m], embed_dim) for m in self.modalities})
         streams = ("id",) + self.modalities
         self.mixers = nn.ModuleDict({s: StreamMixer(max_len, embed_dim, seq_blocks, dropout) for s in streams})
