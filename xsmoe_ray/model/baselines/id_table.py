@@ -1,13 +1,11 @@
 """The item-ID embedding table of the ID-based baselines, and the one rule for ids never trained.
 
-A row starts from ``N(0, std²)`` at the scale its model expects (row 0, the padding, at zero):
-SASRec-ID's rows enter the sequence encoder beside its ``N(0, 1)`` positional table, so they start
-at std 1 (RecBole's SASRec keeps items and positions at one scale too); MMMLP's enter a LayerNorm
-first, and start at its public code's 0.02. The rule, the same for every ID model: a row that no
-training batch reached keeps its start, so an item first seen in a test chunk (a *cold* target,
-reported apart in results.md) is scored from an untrained random row. When the catalogue grows (a
-continued run), the new rows are drawn the same way from a generator seeded by the table's old
-size, so every rank and every resume gets the same rows.
+A row starts from ``N(0, std²)`` (row 0, the padding, at zero), ``std`` set by its model (0.02 for
+SASRec-ID and MMMLP, as in their reference code). The rule, the same for every ID model: a row that
+no training batch reached keeps its start, so an item first seen in a test chunk (a *cold* target,
+reported apart in results.md) is scored from an untrained random row, near 0 at std 0.02. When the
+catalogue grows (a continued run), the new rows are drawn the same way from a generator seeded by
+the table's old size, so every rank and every resume gets the same rows.
 """
 
 from __future__ import annotations
