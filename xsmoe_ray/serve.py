@@ -1,7 +1,7 @@
 """Ray Serve application: top-k recommendations over HTTP from a run, with hot swap to newer windows.
 
     serve run xsmoe_ray.serve:app run_out=runs/demo
-    curl -X POST localhost:8000/recommend -d '{"user": "<user id>", "k": 10}'
+    curl -X POST localhost:8000/recommend -H 'Content-Type: application/json' -d '{"user": "<user id>", "k": 10}'
     curl localhost:8000/health
 
 ``POST /recommend`` takes ``{"user": id}`` or ``{"history": [item ids, oldest first]}``, plus ``k``
