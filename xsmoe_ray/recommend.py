@@ -47,8 +47,8 @@ def table(rec, answers) -> str:
         who = f"user {a.user}" if a.user is not None else "history"
         lines.append(f"\n{who}: encoded from {len(a.history)} item(s): {', '.join(a.history)}")
         if a.unseen:
-            lines.append(f"  not seen in the stream up to chunk {rec.horizon}, scored from content only: "
-                         f"{', '.join(a.unseen)}")
+            lines.append(f"  not seen in the stream up to chunk {rec.horizon} (new to the model; content models "
+                         f"read their content): {', '.join(a.unseen)}")
         lines.append(f"  {'rank':>4}  {'item_id':<24} {'score':>9}  text")
         for r, (item, score) in enumerate(zip(a.items, a.scores), 1):
             text = (rec.text_of(item) or "").replace("\n", " ")
