@@ -2,7 +2,8 @@
 
 A :class:`Recommender` serves the model as it was after window ``w``, the model evaluation tested
 on chunk ``w + 1``. It ranks what evaluation ranks there: the *candidates* are every item seen in
-D_0..D_h with ``h = min(w + 1, last chunk)`` (the horizon), items new in D_h scored from content;
+D_0..D_h with ``h = min(w + 1, last chunk)`` (the horizon), items new in D_h scored from content
+(an ID model: from their untrained rows);
 a user is encoded from their last ``L`` kept interactions up to the horizon, exactly as a test
 case's context is built; scores come from the same :class:`~xsmoe_ray.scoring.ItemTable`. So a test
 case's ranking here equals evaluation's (tests/test_recommend.py). The checkpoint holds the model
