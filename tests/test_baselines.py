@@ -227,3 +227,13 @@ def test_runs_on_ray_train(variant, tmp_path, ray_session):
     assert [r["window"] for r in history] == [0, 1, 2]
     assert all(r["experts"] == {} and 0.0 <= r["ndcg10"] <= 1.0 for r in history[1:])
     assert all(r["cold_share"] is not None and r["warm_ndcg10"] is not None for r in history[1:])
+
+
+def test_a_model_missing_part_of_the_interface_cannot_be_built():
+    from xsmoe_ray.model import SequentialModel
+
+    class NoItemTower(SequentialModel):  # no _embed, no structure, ...
+        pass
+
+    with pytest.raises(TypeError, match="abstract"):
+        NoItemTower()

@@ -15,6 +15,7 @@ reads besides ids, shared with the teacher; e.g. the cached features) and ``_emb
 from __future__ import annotations
 
 import copy
+from abc import ABC, abstractmethod
 
 import torch
 from torch import nn
@@ -23,41 +24,45 @@ from .encoder import SequenceEncoder
 from .loss import batch_candidates, debiased_ce, distillation_kl, fused_debiased_ce, masked_logits
 
 
-class StreamModel(nn.Module):
+class StreamModel(nn.Module, ABC):
     """The model interface of the window loop (see the module docstring)."""
 
     variant: str = ""
     replay: bool = False  # the trainer mixes a reservoir of earlier training rows into batches
     tracks_utilization: bool = False  # whether the utilization pass after training means anything
 
-    # ---- required ------------------------------------------------------------------------------
+    # ---- required: a model that lacks one cannot be constructed (abstract methods) ---------------
+    @abstractmethod
     def set_item_features(self, features: dict[str, torch.Tensor]) -> None:
-        raise NotImplementedError
+        """Hand the model the cached layer states ``{modality: [n_items+1, G+1, d]}`` (or their row count)."""
 
     @property
+    @abstractmethod
     def n_item_rows(self) -> int:
         """Rows of the item id space: ``n_items + 1`` (row 0 = padding)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def item_embeddings(self, item_ids: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
-        raise NotImplementedError
+        """``[n]`` item ids → ``[n, D]`` scoring embeddings."""
 
+    @abstractmethod
     def user_embedding(self, context: torch.Tensor, known: tuple[torch.Tensor, torch.Tensor] | None = None,
                        users: torch.Tensor | None = None) -> torch.Tensor:
         """``[B, L]`` contexts → user vectors ``[B, D]``; ``users`` [B]: user codes, -1 for a session
         without one (models that do not embed users ignore them)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def trainable_parameters(self) -> list[nn.Parameter]:
-        raise NotImplementedError
+        """What the window's optimizer updates."""
 
+    @abstractmethod
     def structure(self) -> dict:
         """Plain types from which :meth:`from_structure` rebuilds the architecture; has ``variant``."""
-        raise NotImplementedError
 
     @classmethod
+    @abstractmethod
     def from_structure(cls, structure: dict) -> "StreamModel":
-        raise NotImplementedError
+        """The architecture of :meth:`structure`, before ``load_state_dict``."""
 
     # ---- optional: no-ops for models without feature statistics, experts or routers -------------
     def fit_feature_norm(self, item_ids: torch.Tensor) -> None:
@@ -111,8 +116,9 @@ class SequentialModel(StreamModel):
         """What the item tower reads besides ids (shared with the teacher, never copied)."""
         return None
 
+    @abstractmethod
     def _embed(self, item_ids: torch.Tensor, inputs) -> torch.Tensor:
-        raise NotImplementedError
+        """The item tower: ``[n]`` ids → ``[n, D]``."""
 
     def item_embeddings(self, item_ids: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
         """``[n]`` int64 item ids → ``[n, D]`` (ids need not be unique); ``chunk_size`` bounds the working
