@@ -14,9 +14,9 @@ preparing from scratch, which would cut every chunk anew under the trained windo
   processed one. Only complete chunks become windows; the rest waits for more data and is reported.
 * **Old chunk files are not rewritten.** The whole stream is rebuilt with the old chunk boundaries
   (per-chunk k-core, splits and contexts of old chunks depend only on old rows, so they come out
-  identical; this is checked: a file whose old rows were reordered codes users differently and is
-  refused), then only the new ``windows/chunk_NN.parquet`` files, the item and
-  user tables and, last, ``summary.json`` are written.
+  identical; this is checked against the stream already read back: a file whose old rows were
+  reordered codes users differently and is refused), then only the new ``windows/chunk_NN.parquet``
+  files, the item and user tables and, last, ``summary.json`` are written.
 
 The training loop then runs the new windows from the last checkpoint (``stream.n_chunks`` grew),
 and the cache build encodes only the new items (it reuses every row it has). ``python -m
@@ -137,7 +137,7 @@ def extend_prepared(out: Path, ds: Dataset, old: dict, cfg, source: str, log=pri
     new_chunks = list(range(old_prepared.stream.n_chunks, n_chunks))
     covered = Dataset(ds.name, ds.interactions.slice(0, len(chunk)), ds.items, ds.user_ids, ds.report)
     stream = stream_from_chunks(covered, chunk, n_chunks, cfg.data.k_core, cfg.data.train_frac, cfg.data.max_len)
-    _check_old_chunks_identical(out, stream, old_prepared.stream.n_chunks)
+    _check_old_chunks_identical(out, stream, old_prepared.stream)
     summary = summary_of(ds, stream, cfg.data, source)
     summary["chunk_size"] = size
     summary["waiting_rows"] = waiting
@@ -159,21 +159,23 @@ def extend_prepared(out: Path, ds: Dataset, old: dict, cfg, source: str, log=pri
     return summary
 
 
-def _check_old_chunks_identical(out: Path, stream, n_old: int) -> None:
-    for c in range(n_old):
-        old = pq.read_table(out / "windows" / f"chunk_{c:02d}.parquet")
-        r = stream.rows(c)
-        same = (old.num_rows == r.stop - r.start
-                and np.array_equal(old.column("user").to_numpy(), stream.user[r])
-                and np.array_equal(old.column("item").to_numpy(), stream.item[r])
-                and np.array_equal(old.column("context").combine_chunks().flatten().to_numpy(),
-                                   stream.context[r].reshape(-1)))
-        if not same:  # same rows (hashes matched), other codes: users are coded in file order
-            raise LiveDataError(str(out), f"chunk {c} comes out different from the one this run trained on, "
-                                          "although the interactions are the same: the source file's row order "
-                                          "changed (users are coded in order of first appearance in the file); "
-                                          "keep the old rows in their order and append new ones, or start a new "
-                                          "run.out")
+def _check_old_chunks_identical(out: Path, stream, old) -> None:
+    """The rebuilt stream's old chunks against the prepared ones (``old``, already read back)."""
+    end = len(old.user)
+    if stream.rows(old.n_chunks - 1).stop == end:
+        differ = ((stream.user[:end] != old.user) | (stream.item[:end] != old.item)
+                  | (stream.context[:end] != old.context).any(axis=1))
+        if not differ.any():
+            return
+        c = int(old.chunk[np.argmax(differ)])
+    else:
+        c = int(old.chunk[0])
+    # same interactions (the hashes matched), other codes: users are coded in file order
+    raise LiveDataError(str(out), f"chunk {c} comes out different from the one this run trained on, "
+                                  "although the interactions are the same: the source file's row order "
+                                  "changed (users are coded in order of first appearance in the file); "
+                                  "keep the old rows in their order and append new ones, or start a new "
+                                  "run.out")
 
 
 def _replace_table(path: Path, table: pa.Table) -> None:

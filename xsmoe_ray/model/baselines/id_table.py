@@ -41,3 +41,13 @@ class IdTable(nn.Module):
         gen = torch.Generator().manual_seed(old.shape[0])
         new = (torch.randn(rows - old.shape[0], old.shape[1], generator=gen) * self.std).to(old.device, old.dtype)
         self.weight = nn.Parameter(torch.cat([old, new]), requires_grad=self.weight.requires_grad)
+
+
+def match_catalogue(model, features: dict[str, torch.Tensor]) -> None:
+    """Grow ``model.item_table`` to the cache's row count (a continued run's new items); the model's
+    ``args`` follow, and a teacher of the old size is dropped (the next window takes a new one)."""
+    rows = int(next(iter(features.values())).shape[0])
+    if rows != model.item_table.rows:
+        model.item_table.grow(rows)
+        model.args["n_item_rows"] = rows
+        model.__dict__["teacher"] = None

@@ -32,7 +32,7 @@ from torch import nn
 
 from ..base import SequentialModel
 from ..loss import batch_candidates
-from .id_table import IdTable
+from .id_table import IdTable, match_catalogue
 
 VARIANTS = {"mmmlp": {}, "mmmlp_rh": {"replay": True}, "mmmlp_kd": {"distill": True}}
 EXPANSION = 4
@@ -97,11 +97,7 @@ class MMMLP(SequentialModel):
             if m not in features:
                 raise ValueError(f"variant {self.variant!r} needs {m!r} features; got {sorted(features)}")
             setattr(self, f"features_{m}", features[m][:, -1].to(self.fuse.weight.device))
-        rows = int(next(iter(features.values())).shape[0])
-        if rows != self.n_item_rows:
-            self.item_table.grow(rows)
-            self.args["n_item_rows"] = rows
-            self.__dict__["teacher"] = None  # a teacher of the old size is stale; the next window takes a new one
+        match_catalogue(self, features)
 
     def _item_inputs(self) -> dict[str, torch.Tensor]:
         return {m: getattr(self, f"features_{m}") for m in self.modalities}

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..base import SequentialModel
-from .id_table import IdTable
+from .id_table import IdTable, match_catalogue
 
 VARIANTS = {"sasrec_id": {}, "sasrec_id_rh": {"replay": True}, "sasrec_id_kd": {"distill": True}}
 
@@ -53,11 +53,7 @@ class SASRecID(SequentialModel):
 
     def set_item_features(self, features: dict[str, torch.Tensor]) -> None:
         """The cache is not read; only its row count, so that a grown catalogue gets new id rows."""
-        rows = int(next(iter(features.values())).shape[0])
-        if rows != self.n_item_rows:
-            self.item_table.grow(rows)
-            self.args["n_item_rows"] = rows
-            self.__dict__["teacher"] = None  # a teacher of the old size is stale; the next window takes a new one
+        match_catalogue(self, features)
 
     def _embed(self, item_ids: torch.Tensor, inputs) -> torch.Tensor:
         return self.item_table(item_ids)
