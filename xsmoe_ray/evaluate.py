@@ -36,7 +36,10 @@ class RankingSums:
     warm: "RankingSums | None" = None
 
     def __add__(self, other: "RankingSums") -> "RankingSums":
-        warm = self.warm + other.warm if self.warm is not None and other.warm is not None else self.warm or other.warm
+        if self.warm is not None and other.warm is not None:
+            warm = self.warm + other.warm
+        else:
+            warm = self.warm if self.warm is not None else other.warm
         return RankingSums(self.hits + other.hits, self.ndcg + other.ndcg, self.count + other.count, warm)
 
     def as_tensor(self, device=None) -> torch.Tensor:
@@ -141,8 +144,6 @@ def evaluate(
         if cold is not None:
             part.warm = ranking_sums(ranks[~cold[lo: lo + batch_size].to(ranks.device)], k)
         total = total + part
-    if cold is not None and total.warm is None:
-        total.warm = RankingSums()
     return total
 
 
