@@ -51,7 +51,8 @@ SEEDS = (0, 1, 2)
 LABELS = {"xsmoe": "XSMoE", "static": "static (Table 2)", "noft": "noft (Table 2)", "visual": "visual only",
           "textual": "textual only", "iisan_rh": "IISAN + replay", "iisan_kd": "IISAN + KD",
           "sasrec_id": "SASRec-ID (extra)", "sasrec_id_rh": "SASRec-ID + replay (extra)",
-          "sasrec_id_kd": "SASRec-ID + KD (extra)", "mmmlp": "MMMLP", "mmmlp_rh": "MMMLP_RH", "mmmlp_kd": "MMMLP_KD"}
+          "sasrec_id_kd": "SASRec-ID + KD (extra)", "mmmlp": "MMMLP", "mmmlp_rh": "MMMLP_RH", "mmmlp_kd": "MMMLP_KD",
+          "gag": "GAG", "ssrm": "SSRM", "lgmrec": "LGMRec", "lgmrec_rh": "LGMRec_RH", "lgmrec_kd": "LGMRec_KD"}
 
 
 # --------------------------------------------------------------------------------------------- runs

@@ -1,6 +1,6 @@
 """Baselines that are not XSMoE variants (issue 19): shapes, causality, overfitting one batch,
 checkpoint round trip and exact resume, the id rule for new items, the reservoir's uniformity,
-two DDP ranks staying identical, and a run on Ray Train."""
+GAG's session graphs and update sets, two DDP ranks staying identical, and runs on Ray Train."""
 
 from __future__ import annotations
 
@@ -10,21 +10,28 @@ import numpy as np
 import pytest
 import torch
 
-from xsmoe_ray.model import MMMLP, ReservoirBuffer, SASRecID, build_model, model_from_structure
+from xsmoe_ray.model import GAG, LGMRec, MMMLP, SSRM, ReservoirBuffer, SASRecID, build_model, model_from_structure
+from xsmoe_ray.model.baselines.session_graph import SessionGraph
+from xsmoe_ray.model.replay import update_set
 from xsmoe_ray.train.checkpoint import WindowState, load_state, save_state
 
-N_ITEMS, L, D = 40, 5, 16
-ID_VARIANTS = SASRecID.VARIANTS + MMMLP.VARIANTS
-FEATURES = {"text": torch.randn(N_ITEMS + 1, 2, 3, generator=torch.Generator().manual_seed(3))}
+N_ITEMS, N_USERS, L, D = 40, 12, 5, 16
+ID_VARIANTS = SASRecID.VARIANTS + MMMLP.VARIANTS + GAG.VARIANTS + SSRM.VARIANTS + LGMRec.VARIANTS
+LAST_POSITION_VARIANTS = ("mmmlp",) + GAG.VARIANTS + SSRM.VARIANTS + ("lgmrec",)
+FEATURES = {"text": torch.randn(N_ITEMS + 1, 2, 3, generator=torch.Generator().manual_seed(3)),
+            "image": torch.randn(N_ITEMS + 1, 2, 4, generator=torch.Generator().manual_seed(4))}
 LOG_POP = torch.log(torch.full((N_ITEMS + 1,), 1.0 / N_ITEMS))
 
 
 def make(variant: str, seed: int = 0, dropout: float = 0.0):
+    """A tiny model of ``variant``; two modalities (LGMRec's contrastive term needs both); LGMRec gets
+    the graph of the test batches' rows."""
     torch.manual_seed(seed)
-    model = build_model(variant, text_dim=3, image_dim=None, n_groups=1, d_prime=2, embed_dim=D, max_len=L,
-                        seq_blocks=1, seq_heads=2, dropout=dropout, modalities=("text",), kd_weight=0.5,
-                        n_item_rows=N_ITEMS + 1)
+    model = build_model(variant, text_dim=3, image_dim=4, n_groups=1, d_prime=2, embed_dim=D, max_len=L,
+                        seq_blocks=1, seq_heads=2, dropout=dropout, modalities=("image", "text"), kd_weight=0.5,
+                        n_item_rows=N_ITEMS + 1, n_user_rows=N_USERS + 1)
     model.set_item_features(FEATURES)
+    model.set_window_rows(np.concatenate([rows_of(batch(0)), rows_of(batch(1))]))
     return model
 
 
@@ -35,11 +42,21 @@ def batch(seed: int = 0, B: int = 8) -> torch.Tensor:
     return seq
 
 
+def users_of(seq: torch.Tensor) -> torch.Tensor:
+    """Row k belongs to user ``k % N_USERS``."""
+    return torch.arange(len(seq)) % N_USERS
+
+
+def rows_of(seq: torch.Tensor) -> np.ndarray:
+    """Training rows ``[B, L+3]``: items, first loss position 1, user."""
+    return torch.cat([seq, torch.ones(len(seq), 1, dtype=torch.long), users_of(seq)[:, None]], dim=1).numpy()
+
+
 def steps(model, seq, n: int, lr: float = 1e-2) -> list[float]:
     opt = torch.optim.Adam(model.trainable_parameters(), lr=lr)
     losses = []
     for _ in range(n):
-        loss, _ = model(seq, LOG_POP)
+        loss, _ = model(seq, LOG_POP, None, users_of(seq))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -51,8 +68,8 @@ def steps(model, seq, n: int, lr: float = 1e-2) -> list[float]:
 def test_shapes_and_flags(variant):
     model = make(variant)
     assert model.item_embeddings(torch.tensor([1, 2, 2, 7])).shape == (4, D)
-    assert model.user_embedding(batch()[:, :-1]).shape == (8, D)
-    loss, stats = model(batch(), LOG_POP)
+    assert model.user_embedding(batch()[:, :-1], users=users_of(batch())).shape == (8, D)
+    loss, stats = model(batch(), LOG_POP, None, users_of(batch()))
     assert loss.dim() == 0 and torch.isfinite(loss) and stats["targets"] > 0
     assert model.replay == variant.endswith("_rh") and model.distill == variant.endswith("_kd")
     assert model.experts_per_layer() == {} and model.prune(0.5) == {} and model.begin_window() is False
@@ -68,20 +85,32 @@ def test_no_position_sees_a_later_item():
     assert not torch.allclose(a[:, -1], b[:, -1])
 
 
-def test_mmmlp_mixes_the_whole_context_so_only_the_last_position_carries_loss():
-    """Token mixing is not causal (an earlier position sees later ones), so the loss must sit at the
-    last position only, whose input is the context alone: the target never reaches the user vector."""
+def test_mmmlp_mixes_the_whole_context():
+    """Token mixing is not causal: an earlier position sees later ones, so no loss may sit there."""
     model = make("mmmlp").eval()
     seq = batch()
     later = seq.clone()
     later[:, -2] = (later[:, -2] % N_ITEMS) + 1  # the last context item
     a, b = model.user_states(seq[:, :-1]), model.user_states(later[:, :-1])
-    assert not torch.allclose(a[:, 0], b[:, 0])  # position 0 saw a later item: no loss may sit there
+    assert not torch.allclose(a[:, 0], b[:, 0])
+
+
+@pytest.mark.parametrize("variant", LAST_POSITION_VARIANTS)
+def test_models_reading_the_whole_context_train_at_the_last_position_only(variant):
+    """The user vector reads the context and never the target, and each row carries exactly one loss
+    position, whatever ``first`` asks for: no prediction sees the item it predicts."""
+    model = make(variant).eval()
+    seq, users = batch(), users_of(batch())
     other = seq.clone()
     other[:, -1] = (other[:, -1] % N_ITEMS) + 1  # only the target changes
-    assert torch.equal(model.user_embedding(seq[:, :-1]), model.user_embedding(other[:, :-1]))
-    _, stats = model(seq, LOG_POP, torch.ones(len(seq), dtype=torch.long))  # asks for every position
-    assert stats["targets"] == len(seq)  # one loss position per row all the same
+    assert torch.equal(model.user_embedding(seq[:, :-1], users=users), model.user_embedding(other[:, :-1], users=users))
+    _, stats = model(seq, LOG_POP, torch.ones(len(seq), dtype=torch.long), users)  # asks for every position
+    assert stats["targets"] == len(seq)
+    if variant != "lgmrec":  # LGMRec is not sequential: the context does not reach its user vector
+        changed = seq.clone()
+        changed[:, -2] = (changed[:, -2] % N_ITEMS) + 1
+        assert not torch.allclose(model.user_embedding(seq[:, :-1], users=users),
+                                  model.user_embedding(changed[:, :-1], users=users))
 
 
 @pytest.mark.parametrize("variant", ID_VARIANTS)
@@ -111,6 +140,9 @@ def test_checkpoint_round_trip_and_exact_resume(variant, tmp_path):
     steps(loaded, batch(1), 2)
     for a, b in zip(model.state_dict().values(), loaded.state_dict().values()):
         assert torch.equal(a, b)
+    model.eval(), loaded.eval()
+    assert torch.equal(model.user_embedding(batch(2)[:, :-1], users=users_of(batch(2))),
+                       loaded.user_embedding(batch(2)[:, :-1], users=users_of(batch(2))))
 
 
 def test_new_items_get_seeded_rows_and_old_rows_stay():
@@ -187,7 +219,7 @@ def _two_ranks(rank: int, port: int, out: str) -> None:
                         if replay is not None and len(replay):
                             rows = replay.mix(rows, rank=rank, world=2)
                         torch.manual_seed(100 * window + step + rank)  # each rank its own dropout, as in Ray Train
-                        loss, _ = ddp(rows, LOG_POP)
+                        loss, _ = ddp(rows, LOG_POP, None, users_of(rows))
                         opt.zero_grad()
                         loss.backward()
                         opt.step()
@@ -216,9 +248,10 @@ def test_two_ddp_ranks_stay_identical(tmp_path):
         assert json.loads(open(f"{out}.{rank}").read()) == {v: "ok" for v in ID_VARIANTS}
 
 
-@pytest.mark.parametrize("variant", ["mmmlp_kd"])  # sasrec_id shares the loop path (SequentialModel)
+@pytest.mark.parametrize("variant", ["gag", "lgmrec_rh"])  # update set and users; graph, replay, features
 def test_runs_on_ray_train(variant, tmp_path, ray_session):
-    """The whole job on Ray Train: windows, checkpoints, outputs, with no expert structure."""
+    """The whole job on Ray Train: windows, checkpoints, outputs, with no expert structure (the
+    unit tests above cover each model; these two take the loop's model-specific hooks)."""
     from xsmoe_ray.stream import run
 
     from .test_stream import tiny
@@ -237,3 +270,97 @@ def test_a_model_missing_part_of_the_interface_cannot_be_built():
 
     with pytest.raises(TypeError, match="abstract"):
         NoItemTower()
+
+
+def test_session_graph_counts_transitions_between_distinct_items():
+    """Clicks 3 5 3 5 7 after two pads: nodes 3, 5, 7 at their first positions; 3→5 twice, 5→3
+    once, 5→7 once; GAG's in-direction weight divides by the distinct edges into the target."""
+    graph = SessionGraph.of(torch.tensor([[-1, -1, 3, 5, 3, 5, 7]]))
+    assert graph.alias.tolist() == [[0, 1, 2, 3, 2, 3, 6]]
+    assert graph.node.tolist() == [[False, False, True, True, False, False, True]]
+    edges = {(u, v): float(graph.counts[0, u, v]) for u, v in graph.counts[0].nonzero().tolist()}
+    assert edges == {(2, 3): 2.0, (3, 2): 1.0, (3, 6): 1.0}
+    w = graph.normalised(incoming=True)[0]
+    # node 3 (item 5): in-edges from 2 only, so the count stays 2; then a self-loop of 1; source 2's
+    # weighted degree is 2 + 1, node 3's is 1 + 1 + 1
+    assert float(w[2, 3]) == pytest.approx(2 / (3 ** 0.5 * 3 ** 0.5))
+    assert float(w[6, 6]) == pytest.approx(1.0) and float(w[0].abs().sum()) == 0.0  # padding has no edges
+    per_row = SessionGraph.of(torch.tensor([[1, 2, 3], [-1, 4, 4]]))
+    assert per_row.counts[1, 1, 1] == 1.0 and per_row.node[1].tolist() == [False, True, False]
+
+
+def test_ssrm_recurrence_starts_at_the_first_click():
+    """A left-padded row's GRU states equal the GRU run on its clicks alone: padding never enters."""
+    model = make("ssrm")
+    q = torch.randn(2, L, D)
+    real = torch.tensor([[False, False, True, True, True], [True] * L])
+    out = model._gru_skipping_padding(q, real)
+    alone, _ = model.gru(q[:1, 2:])
+    assert torch.allclose(out[0, 2:], alone[0], atol=1e-6) and float(out[0, :2].detach().abs().sum()) == 0.0
+    full, _ = model.gru(q[1:])
+    assert torch.allclose(out[1], full[0], atol=1e-6)
+
+
+def test_update_set_keeps_new_rows_and_prefers_uncertain_ones():
+    """As many rows as the window's; every new row in it; the rest drawn ∝ exp(rank(d)/N) from
+    reservoir ∪ the other rows, so rows the model is least sure of are drawn more often (over seeded
+    draws: the top ten ranks' weights are ~2.1x the bottom ten's); deterministic per seed."""
+    rows = np.arange(40).reshape(-1, 1) * np.ones((1, 4), np.int64)
+    new = np.zeros(40, bool)
+    new[:30] = True
+    picks = {}
+    for seed in range(300):
+        reservoir = ReservoirBuffer(30, seed=seed)
+        reservoir.add(torch.from_numpy(rows[:30] + 100))  # older rows, ids 100..129: the 30 highest d
+        picked, from_reservoir = update_set(rows, new, reservoir, lambda pool: pool[:, 0])
+        assert len(picked) == len(rows) and set(range(30)) <= set(picked[:, 0].tolist())
+        assert from_reservoir == int((picked[:, 0] >= 100).sum())
+        for i in picked[30:, 0]:
+            picks[int(i)] = picks.get(int(i), 0) + 1
+    bottom = sum(picks.get(i, 0) for i in range(30, 40))  # ranks 1..10 of the pool of 40
+    top = sum(picks.get(i, 0) for i in range(120, 130))  # ranks 31..40
+    assert top > 1.6 * bottom, (top, bottom)
+    a, b = ReservoirBuffer(30, seed=1), ReservoirBuffer(30, seed=1)
+    a.add(torch.from_numpy(rows + 100)), b.add(torch.from_numpy(rows + 100))
+    assert np.array_equal(update_set(rows, new, a, lambda p: p[:, 0])[0], update_set(rows, new, b, lambda p: p[:, 0])[0])
+
+
+def test_unseen_rows_are_those_with_a_new_user_or_item():
+    from types import SimpleNamespace
+
+    from xsmoe_ray.train.data import unseen_rows
+
+    # chunk 0 trained user 0 on items 1, 2 (item 2 also as context); chunk 1's rows below
+    stream = SimpleNamespace(train_targets=lambda c: np.array([0, 1]), item=np.array([1, 2]),
+                             context=np.array([[0, 0], [0, 1]]), user=np.array([0, 0]))
+    rows = np.array([[1, 2, 1, 1, 0],   # old user, old items
+                     [1, 2, 3, 1, 0],   # a new target item
+                     [0, 1, 2, 1, 1]])  # a new user
+    assert unseen_rows(stream, rows, 1).tolist() == [False, True, True]
+    assert unseen_rows(stream, rows, 0).tolist() == [True, True, True]  # nothing trained before
+
+
+def test_lgmrec_graph_is_the_window_rows_and_travels_with_the_checkpoint(tmp_path):
+    model = make("lgmrec")
+    rows = rows_of(batch(3))
+    model.set_window_rows(rows)
+    pairs = {(int(u), int(i)) for u, i in model.edges.T.tolist()}
+    want = {(int(r[-1]) + 1, int(i)) for r in rows for i in r[:-2] if i > 0}
+    assert pairs == want
+    save_state(tmp_path, WindowState(window=0, model=model), {"cfg": "test"})
+    loaded = load_state(tmp_path).model
+    loaded.set_item_features(FEATURES)
+    assert torch.equal(loaded.edges, model.edges)
+    model.eval(), loaded.eval()
+    assert torch.equal(model.item_embeddings(torch.arange(1, 9)), loaded.item_embeddings(torch.arange(1, 9)))
+
+
+def test_user_models_refuse_unknown_users_and_grow_their_table():
+    model = make("gag")
+    with pytest.raises(ValueError, match="past this model"):
+        model.user_embedding(batch()[:, :-1], users=torch.full((8,), N_USERS + 3))
+    before = model.user_table.weight.detach().clone()
+    model.set_user_count(N_USERS + 5)
+    assert model.structure()["n_user_rows"] == N_USERS + 6
+    assert torch.equal(model.user_table.weight[: N_USERS + 1], before)
+    assert model.user_embedding(batch()[:, :-1], users=torch.full((8,), N_USERS + 3)).shape == (8, D)

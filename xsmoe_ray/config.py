@@ -20,7 +20,8 @@ import yaml
 
 FORMATS = ("synthetic", "hm", "amazon", "generic", "recbole")
 VARIANTS = ("xsmoe", "static", "noft", "visual", "textual", "iisan_rh", "iisan_kd", "sasrec_id", "sasrec_id_rh",
-            "sasrec_id_kd", "mmmlp", "mmmlp_rh", "mmmlp_kd")
+            "sasrec_id_kd", "mmmlp", "mmmlp_rh", "mmmlp_kd", "gag", "ssrm",
+            "lgmrec", "lgmrec_rh", "lgmrec_kd")
 ROW_LAYOUTS = ("sliding", "once", "legacy")  # train/data.py
 
 
@@ -123,7 +124,7 @@ class ModelConfig:
     seq_blocks: int = field(default=2, metadata={"help": "sequence-encoder Transformer blocks"})
     seq_heads: int = field(default=2, metadata={"help": "attention heads"})
     dropout: float = field(default=0.1, metadata={"help": "sequence-encoder dropout"})
-    replay_size: int = field(default=2048, metadata={"help": "iisan_rh reservoir size (sequences)"})
+    replay_size: int = field(default=2048, metadata={"help": "reservoir size (training rows) of the _rh variants, gag and ssrm"})
     kd_weight: float = field(default=1.0, metadata={"help": "iisan_kd distillation weight"})
     feature_norm: str = field(default="layer", metadata={
         "help": "'layer': standardise each cached layer with D_0 items' mean and scale (fixed at warm-up); 'none'"})

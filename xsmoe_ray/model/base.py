@@ -2,8 +2,10 @@
 
 :class:`StreamModel` is the interface of ``train/worker.py``, ``train/window.py``, checkpoints,
 evaluation and serving. Its structure hooks (``begin_window``, utilization, ``prune``, router
-reports) are no-ops by default, so a model without experts implements its towers, loss and
-structure only, and the loop has no model-specific branch.
+reports, ``set_user_count``, ``set_window_rows``) are no-ops by default, so a model without experts
+implements its towers, loss and structure only, and the loop has no model-specific branch; a model
+with its own streaming mechanism (GAG, SSRM) sets ``samples_update_set`` and implements
+``informativeness``.
 
 :class:`SequentialModel` is a :class:`StreamModel` with the causal sequence encoder as user tower
 (Eq. 6), dot-product scores (Eq. 7), the in-batch debiased cross-entropy (Eq. 8) and, when
@@ -29,6 +31,9 @@ class StreamModel(nn.Module, ABC):
 
     variant: str = ""
     replay: bool = False  # the trainer mixes a reservoir of earlier training rows into batches
+    # The model's own streaming (GAG, SSRM): each window after the warm-up trains on an *update set*
+    # drawn from a reservoir and the new rows by :meth:`informativeness` (``replay.update_set``).
+    samples_update_set: bool = False
     tracks_utilization: bool = False  # whether the utilization pass after training means anything
 
     # ---- required: a model that lacks one cannot be constructed (abstract methods) ---------------
@@ -93,13 +98,33 @@ class StreamModel(nn.Module, ABC):
     def experts_per_layer(self) -> dict[str, list[int]]:
         return {}
 
+    def set_user_count(self, n_users: int) -> None:
+        """The stream's number of users (codes ``0..n_users-1``); models with a user table grow it."""
+
+    def set_window_rows(self, rows) -> None:
+        """The rows ``[N, L+3]`` (numpy) the coming window trains on, replayed ones included, before
+        its first step: for models that build a structure from them (LGMRec's graph)."""
+
+    @torch.no_grad()
+    def informativeness(self, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """``[N, L+3]`` training rows → ``[N]`` scores, higher = more worth replaying (only models with
+        ``samples_update_set``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not sample an update set")
+
     def parameter_parts(self) -> dict[str, nn.Module]:
         """Named components for the parameter report (Table 3)."""
         return {"model": self}
 
 
 class SequentialModel(StreamModel):
-    """Causal sequence encoder over item embeddings, Eq. 8 loss, optional distillation (module docstring)."""
+    """Causal sequence encoder over item embeddings, Eq. 8 loss, optional distillation (module docstring).
+
+    ``last_position_only``: the user state of a row exists at its last position only (a model whose
+    context mixing is not causal, or that reads the whole context at once): the loss is taken there,
+    whatever ``first`` says, so no position is trained on a target its input has seen.
+    """
+
+    last_position_only: bool = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -167,42 +192,57 @@ class SequentialModel(StreamModel):
         return self.user_embedding(context) @ self.item_embeddings(candidate_ids, chunk_size=8192).T
 
     # ---- training loss -----------------------------------------------------------------------------
-    def _towers(self, seq: torch.Tensor, inputs):
+    def _towers(self, seq: torch.Tensor, inputs, users: torch.Tensor | None = None):
         """Unique ids [U], their index [B, L+1], item table [U, D] and user states [B, L, D] of a batch."""
         ids, index = batch_candidates(seq)
         table = self._embed(ids, inputs)
         return ids, index, table, self._states(table, index[:, :-1])
 
-    def _logits(self, seq: torch.Tensor, log_pop: torch.Tensor, inputs, first: torch.Tensor | None = None):
-        ids, index, table, states = self._towers(seq, inputs)
-        return masked_logits(states, table, index, log_pop[ids], first)  # [P, U], [P]
+    def _first(self, seq: torch.Tensor, first: torch.Tensor | None) -> torch.Tensor | None:
+        if not self.last_position_only:
+            return first
+        return torch.full((seq.shape[0],), seq.shape[1] - 1, dtype=torch.long, device=seq.device)
+
+    def _logits(self, seq: torch.Tensor, log_pop: torch.Tensor, inputs, first: torch.Tensor | None = None,
+                users: torch.Tensor | None = None):
+        ids, index, table, states = self._towers(seq, inputs, users)
+        return masked_logits(states, table, index, log_pop[ids], self._first(seq, first))  # [P, U], [P]
 
     def forward(self, seq: torch.Tensor, log_pop: torch.Tensor, first: torch.Tensor | None = None,
                 users: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         """Training loss of a batch. ``seq`` [B, L+1] int64 (0 = left padding): positions ``0..L-1`` are
         inputs, ``1..L`` targets; ``log_pop`` [n_items+1] = log p_i; ``first`` [B]: the first position
         of each row that carries loss (default 1; a position also needs a real input and target);
-        ``users`` [B]: the rows' user codes (not used here: the user is their sequence).
+        ``users`` [B]: the rows' user codes (-1: none; read by models with a user table). With
+        ``last_position_only`` the loss is at position ``L`` only.
 
         Returns ``(loss, stats)``; stats hold detached tensors / ints: ce, kd, loss, targets, unique_items.
         """
         inputs = self._item_inputs()
-        ids, index, table, states = self._towers(seq, inputs)
+        first = self._first(seq, first)
+        ids, index, table, states = self._towers(seq, inputs, users)
         kd = torch.zeros((), device=states.device)
         if self.distill and self.teacher is not None and self.training:
             logits, pos = masked_logits(states, table, index, log_pop[ids], first)
             ce, n_targets = debiased_ce(logits, pos), pos.numel()
             with torch.no_grad():
-                t_logits, _ = self.teacher._logits(seq, log_pop, inputs, first)
+                t_logits, _ = self.teacher._logits(seq, log_pop, inputs, first, users)
             kd = distillation_kl(logits, t_logits)
         else:
             ce, n_targets = fused_debiased_ce(states, table, index, log_pop[ids], first)
         loss = ce + self.kd_weight * kd
+        aux = self._auxiliary_loss()
+        if aux is not None:
+            loss = loss + aux
         stats = {"loss": loss.detach(), "ce": ce.detach(), "kd": kd.detach(), "targets": n_targets,
                  "unique_items": ids.numel()}
         return loss, stats
 
     loss = forward  # ``model.loss(seq, log_pop)``; call the DDP wrapper itself under DDP
+
+    def _auxiliary_loss(self) -> torch.Tensor | None:
+        """A model's own extra loss terms of the batch :meth:`_towers` just ran (LGMRec's); none here."""
+        return None
 
     # ---- distillation --------------------------------------------------------------------------------
     def _shared_tensors(self) -> list[torch.Tensor]:

@@ -85,3 +85,25 @@ class ReservoirBuffer:
             self.data[:self.size] = data
         self.rng = np.random.default_rng()
         self.rng.bit_generator.state = state["rng"]
+
+
+def update_set(rows: np.ndarray, new: np.ndarray, reservoir: ReservoirBuffer, scores) -> tuple[np.ndarray, int]:
+    """GAG's update set (also SSRM's here): as many rows as ``rows`` (this window's), made of every
+    row of ``new`` (a user or item not trained before), then rows drawn without replacement from
+    reservoir ∪ the other new rows with probability ∝ ``exp(rank(d) / N)``, ``d = scores(pool)``
+    the model's informativeness per row (rank 1 = least informative; GAG's weighting, at most a
+    factor e between rows). Draws use the reservoir's seeded generator (checkpointed with it).
+
+    Returns the rows and how many of them came from the reservoir.
+    """
+    fixed = rows[new]
+    pool = np.concatenate([reservoir.data[:reservoir.size], rows[~new]]) if reservoir.size else rows[~new]
+    wanted = len(rows) - len(fixed)
+    if wanted <= 0 or wanted >= len(pool):
+        return rows, 0
+    d = np.asarray(scores(pool), dtype=np.float64)
+    ranks = np.empty(len(pool))
+    ranks[np.argsort(d, kind="stable")] = np.arange(1, len(pool) + 1)
+    p = np.exp(ranks / len(pool))
+    picks = np.sort(reservoir.rng.choice(len(pool), size=wanted, replace=False, p=p / p.sum()))
+    return np.concatenate([fixed, pool[picks]]), int((picks < reservoir.size).sum())

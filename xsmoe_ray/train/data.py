@@ -124,6 +124,20 @@ def training_rows(stream: Stream, targets: np.ndarray, layout: str = "sliding") 
     return rows[order_in_time]
 
 
+def unseen_rows(stream: Stream, rows: np.ndarray, c: int) -> np.ndarray:
+    """``[N]`` bool: rows of ``rows`` ([N, L+3], chunk ``c``'s) whose user or one of whose items no
+    training row of chunks ``< c`` held (as context or target): GAG's "new" sessions."""
+    earlier = np.concatenate([stream.train_targets(k) for k in range(c)]) if c else np.zeros(0, np.int64)
+    items = np.zeros(int(rows[:, :-2].max(initial=0)) + 1 if len(rows) else 1, bool)
+    seen = np.concatenate([stream.item[earlier], stream.context[earlier].ravel()])
+    items[seen[(seen > 0) & (seen < len(items))]] = True
+    items[0] = True  # padding
+    users = np.zeros(int(rows[:, -1].max(initial=0)) + 1 if len(rows) else 1, bool)
+    known = stream.user[earlier]
+    users[known[known < len(users)]] = True
+    return ~users[rows[:, -1]] | ~items[rows[:, :-2]].all(axis=1)
+
+
 def split_rows(rows):
     """``[B, L+3]`` training rows → items ``[B, L+1]``, first loss position ``[B]`` and user ``[B]``
     (numpy or torch)."""

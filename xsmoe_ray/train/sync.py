@@ -79,3 +79,11 @@ def check_same_across_ranks(digest: str, what: str = "parameters") -> None:
     dist.all_reduce(hi, op=dist.ReduceOp.MAX)
     if not torch.equal(lo, hi):
         raise RuntimeError(f"{what} differ across ranks (hash mismatch): the ranks have diverged")
+
+
+def broadcast_from_rank0(t: torch.Tensor) -> torch.Tensor:
+    """Rank 0's ``t`` on every rank (in place, returned); a no-op in a single process. For values a
+    rank computes from identical weights that must also be bit-identical (a sampling weight)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast(t, src=0)
+    return t

@@ -24,11 +24,13 @@ import torch
 from xsmoe_ray.cache import load_grouped, open_cache
 from xsmoe_ray.config import ExperimentConfig, from_dict
 from xsmoe_ray.model import ReservoirBuffer, StreamModel, build_model
+from xsmoe_ray.model.replay import update_set
 from xsmoe_ray.model.params import parameter_report
 from xsmoe_ray.prepared import load_prepared
 from xsmoe_ray.train.checkpoint import WindowState, load_state, save_state
-from xsmoe_ray.train.data import chunk_counts, window_data
-from xsmoe_ray.train.sync import all_reduce_sum, check_same_across_ranks, parameter_hash, rank_and_world, wrap
+from xsmoe_ray.train.data import chunk_counts, unseen_rows, window_data
+from xsmoe_ray.train.sync import (all_reduce_sum, broadcast_from_rank0, check_same_across_ranks, parameter_hash,
+                                  rank_and_world, wrap)
 from xsmoe_ray.train.window import evaluate_cases, evaluate_popularity, train_window
 
 ReportFn = Callable[[dict, "object | None"], None]
@@ -44,17 +46,23 @@ def rank0_log(message: str) -> None:
         print(message, file=sys.__stdout__ or sys.stdout, flush=True)
 
 
-def new_model(cfg: ExperimentConfig, features: dict[str, torch.Tensor]) -> StreamModel:
+def new_model(cfg: ExperimentConfig, features: dict[str, torch.Tensor], n_users: int = 0) -> StreamModel:
+    """The configured model over these cached features; ``n_users``: for models with a user table."""
     dims = {m: int(t.shape[-1]) for m, t in features.items()}
     first = next(iter(features.values()))
     n_groups = int(first.shape[1]) - 1
     return build_model(cfg.model.variant, text_dim=dims.get("text"), image_dim=dims.get("image"),
-                       n_item_rows=int(first.shape[0]),
+                       n_item_rows=int(first.shape[0]), n_user_rows=n_users + 1,
                        n_groups=n_groups, d_prime=cfg.model.d_prime, embed_dim=cfg.model.embed_dim,
                        max_len=cfg.data.max_len, seq_blocks=cfg.model.seq_blocks, seq_heads=cfg.model.seq_heads,
                        dropout=cfg.model.dropout, modalities=tuple(features), kd_weight=cfg.model.kd_weight,
                        feature_norm=cfg.model.feature_norm, new_expert_share=cfg.model.new_expert_share,
                        new_expert_init=cfg.model.new_expert_init)
+
+
+def stream_users(stream) -> int:
+    """Number of user codes of the stream (codes are ``0..n-1``)."""
+    return int(stream.user.max()) + 1 if len(stream.user) else 0
 
 
 def model_features(cfg: ExperimentConfig, cache: str | Path, device) -> dict[str, torch.Tensor]:
@@ -108,15 +116,17 @@ def run_windows(config: dict, report: ReportFn, get_checkpoint: Callable[[], obj
     state = restore(get_checkpoint())
     if state is None:
         torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank and every run
-        state = WindowState(window=-1, model=new_model(cfg, features))
+        state = WindowState(window=-1, model=new_model(cfg, features, stream_users(stream)))
     else:
         rank0_log(f"[stream] resuming after window {state.window}")
     raw = state.model
     raw.set_item_features(features)
+    raw.set_user_count(stream_users(stream))  # a continued run's stream may have new users
     if state.window < 0:
         raw.fit_feature_norm(warm_up_items(stream))  # fixed at warm-up; a resume loads it from the checkpoint
     raw.to(device)
-    replay = ReservoirBuffer(cfg.model.replay_size, seed=cfg.run.seed) if raw.replay else None
+    keeps_reservoir = raw.replay or raw.samples_update_set
+    replay = ReservoirBuffer(cfg.model.replay_size, seed=cfg.run.seed) if keeps_reservoir else None
     if replay is not None and state.replay:
         replay.load_state_dict(state.replay)
     last = stream.n_chunks - 2 if cfg.train.last_window < 0 else min(cfg.train.last_window, stream.n_chunks - 2)
@@ -135,10 +145,16 @@ def run_one_window(cfg: ExperimentConfig, raw: StreamModel, stream, n_items: int
         raw.begin_window()
     model = wrap(raw, device)
     data = window_data(stream, w, n_items, cfg.train.rows)
+    fresh = data.train_rows
     rank0_log(f"[stream] window {w}: train on D_{w} ({data.n_targets:,} targets in {len(data.train_rows):,} rows)"
               + (f", test on D_{w + 1} ({len(data.test):,} cases)" if w >= 1 else " (warm-up)"))
+    if raw.samples_update_set and replay is not None and len(replay):
+        data.train_rows = sampled_update_set(raw, stream, w, data.train_rows, replay, device)
+    replayed = replay.data[:len(replay)] if raw.replay and replay is not None and len(replay) else None
+    raw.set_window_rows(data.train_rows if replayed is None else np.concatenate([data.train_rows, replayed]))
     result = train_window(model, data, cfg.train, device, seed=cfg.run.seed * 1000 + w,
-                          mask_history=cfg.data.mask_history, replay=replay, log=rank0_log)
+                          mask_history=cfg.data.mask_history, replay=None if raw.samples_update_set else replay,
+                          log=rank0_log)
     test = evaluate_cases(model, data.test, device, cfg.data.mask_history) if w >= 1 else None
     popular = (evaluate_popularity(torch.from_numpy(chunk_counts(stream, w, n_items)), data.test, device,
                                    cfg.data.mask_history) if test else None)
@@ -146,7 +162,7 @@ def run_one_window(cfg: ExperimentConfig, raw: StreamModel, stream, n_items: int
     utilization, router = raw.utilization(sums), raw.router_weights()  # before pruning: what it was decided on
     removed = raw.prune(cfg.model.tau, sums)
     if replay is not None:
-        replay.add(torch.from_numpy(data.train_rows))
+        replay.add(torch.from_numpy(fresh))
     digest = parameter_hash(raw)
     check_same_across_ranks(digest)  # raises on every rank if any rank diverged
     params = parameter_report(raw)["model"]
@@ -171,6 +187,20 @@ def run_one_window(cfg: ExperimentConfig, raw: StreamModel, stream, n_items: int
                   f"{result.epochs} epochs, {result.seconds:.1f} s, "
                   f"experts {row['experts']})")
     return row
+
+
+def sampled_update_set(raw: StreamModel, stream, w: int, rows: np.ndarray, replay: ReservoirBuffer, device) -> np.ndarray:
+    """The window's rows replaced by the model's update set (GAG, SSRM: ``replay.update_set``); the
+    informativeness is rank 0's, so every rank draws the same rows."""
+    def scores(pool: np.ndarray) -> np.ndarray:
+        d = raw.informativeness(torch.from_numpy(pool), device).to(device=device, dtype=torch.float32)
+        return broadcast_from_rank0(d).cpu().numpy()
+
+    new = unseen_rows(stream, rows, w)
+    picked, from_reservoir = update_set(rows, new, replay, scores)
+    rank0_log(f"[stream] window {w}: update set of {len(picked):,} rows: {int(new.sum()):,} with a new user or item, "
+              f"{from_reservoir:,} from the reservoir ({len(replay):,} rows), the rest sampled from the new rows")
+    return picked
 
 
 def window_metrics(row: dict, history: list[dict]) -> dict:

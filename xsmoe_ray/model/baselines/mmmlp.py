@@ -64,6 +64,7 @@ class StreamMixer(nn.Sequential):
 
 class MMMLP(SequentialModel):
     VARIANTS = tuple(VARIANTS)
+    last_position_only = True  # token mixing is not causal (module docstring)
 
     def __init__(self, *, variant: str, n_item_rows: int, dims: dict[str, int], embed_dim: int, max_len: int,
                  seq_blocks: int, dropout: float, kd_weight: float = 1.0) -> None:
@@ -127,7 +128,7 @@ class MMMLP(SequentialModel):
             streams.append(self.mixers[m](content[at] * real))
         return self.out_norm(self.fuse(self.fuse_norm(torch.cat(streams, dim=-1))))
 
-    def _towers(self, seq: torch.Tensor, inputs):
+    def _towers(self, seq: torch.Tensor, inputs, users: torch.Tensor | None = None):
         ids, index = batch_candidates(seq)
         return ids, index, self._embed(ids, inputs), self._mix(ids, index[:, :-1], inputs)
 
@@ -136,18 +137,6 @@ class MMMLP(SequentialModel):
         """``[B, L]`` contexts → ``[B, L, D]``; only the last position is a user vector (not causal)."""
         ids, index = batch_candidates(seq_ids)
         return self._mix(ids, index, self._item_inputs())
-
-    def forward(self, seq: torch.Tensor, log_pop: torch.Tensor, first: torch.Tensor | None = None,
-                users: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-        """The loss at the last position of each row only (module docstring); ``first`` is overridden."""
-        last = torch.full((seq.shape[0],), seq.shape[1] - 1, dtype=torch.long, device=seq.device)
-        return super().forward(seq, log_pop, last, users)
-
-    loss = forward
-
-    def _logits(self, seq: torch.Tensor, log_pop: torch.Tensor, inputs, first: torch.Tensor | None = None):
-        last = torch.full((seq.shape[0],), seq.shape[1] - 1, dtype=torch.long, device=seq.device)
-        return super()._logits(seq, log_pop, inputs, last)
 
     # ---- structure -----------------------------------------------------------------------------------
     def trainable_parameters(self) -> list[nn.Parameter]:
