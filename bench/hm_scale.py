@@ -339,7 +339,7 @@ def record(r: dict, command: str, total_s: float) -> None:
         v = r.get(stage, {}).get(key)
         return "-" if v is None else fmt.format(v)
 
-    tr, ev = r.get("train", {}), r.get("eval", {})
+    tr = r.get("train", {})
     lines = [
         "<!-- hm_scale:begin -->",
         "## Full-H&M scale rehearsal (`bench/hm_scale.py`, issue 12)",

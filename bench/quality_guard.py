@@ -121,8 +121,8 @@ def record_block(args, results: dict[str, list[dict]], minutes: float) -> str:
              f"{' ' + shlex.join(args.overrides) if args.overrides else ''}` "
              + (f"({minutes:.1f} minutes for all seeds). " if all(r["ran"] for rs in results.values() for r in rs)
                 else "(from runs finished before, under --root). ") +
-             f"AVG NDCG@10 over D_2…D_9 in %; the guard flags a variant that falls below the mean by more than "
-             f"the spread (max − min over these seeds).", "",
+             "AVG NDCG@10 over D_2…D_9 in %; the guard flags a variant that falls below the mean by more than "
+             "the spread (max − min over these seeds).", "",
              "| variant | mean | spread | per seed |", "|---|---:|---:|---|"]
     for v, rs in results.items():
         vals = [r["ndcg"] for r in rs]

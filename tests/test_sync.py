@@ -72,16 +72,18 @@ def _ddp_steps(rank: int, port: int, out: str):
         for variant in sorted(ALL_VARIANTS):
             torch.manual_seed(0)
             model = build_model(variant, text_dim=6, image_dim=5, n_groups=2, d_prime=3, embed_dim=4, max_len=4,
-                                seq_blocks=1, seq_heads=1, dropout=0.1, feature_norm="layer", n_item_rows=21)
+                                seq_blocks=1, seq_heads=1, dropout=0.1, feature_norm="layer", n_item_rows=21,
+                                n_user_rows=9)
             model.set_item_features({"text": torch.randn(21, 3, 6), "image": torch.randn(21, 3, 5)})
             model.fit_feature_norm(torch.arange(1, 21))
-            seq, log_pop = torch.randint(0, 21, (8, 5)), torch.zeros(21)
+            seq, log_pop, users = torch.randint(0, 21, (8, 5)), torch.zeros(21), torch.arange(8)
+            model.set_window_rows(torch.cat([seq, torch.ones(8, 1, dtype=torch.long), users[:, None]], 1).numpy())
             for _ in range(2):  # window 0, then window 1 after expansion / teacher snapshot
                 ddp = DistributedDataParallel(model, **DDP_KWARGS)
                 opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
                 for _ in range(2):
                     opt.zero_grad()
-                    ddp(seq, log_pop)[0].backward()
+                    ddp(seq, log_pop, None, users)[0].backward()
                     opt.step()
                 model.begin_window()
             results[variant] = "ok"
