@@ -5,7 +5,9 @@ stream is ``W_m l_M^m(i) + b_m``, the frozen backbone's last cached layer (what 
 cache holds pooled states, not the patches or tokens the original mixes) projected to ``D``.
 Padding positions are zero in every stream. Each stream goes through ``LayerNorm`` and
 ``seq_blocks`` mixer blocks, each a pre-norm residual *token* MLP across the ``L`` positions
-(``L → 4L → L``, GELU) and a pre-norm residual *channel* MLP (``D → 4D → D``). Fusion:
+(``L → 4L → L``, GELU) and a pre-norm residual *channel* MLP (``D → 4D → D``), each with
+``model.dropout`` on its output (not on its 4× wide hidden layer: drawing that mask was 37 % of a
+CPU step and made MMMLP slower per epoch than ``iisan_rh``, docs/BENCHMARKS.md). Fusion:
 ``u = LayerNorm(W_f LayerNorm([x_id; x_text; x_image]) + b_f)`` at the last position (the most
 recent item). Score: ``u · E[j]``, by ID as in the original's output layer.
 
@@ -39,9 +41,11 @@ EXPANSION = 4
 
 
 class _MLP(nn.Sequential):
+    """``dim → 4 dim → dim`` with GELU; dropout on the output only (module docstring)."""
+
     def __init__(self, dim: int, dropout: float) -> None:
-        super().__init__(nn.Linear(dim, EXPANSION * dim), nn.GELU(), nn.Dropout(dropout),
-                         nn.Linear(EXPANSION * dim, dim), nn.Dropout(dropout))
+        super().__init__(nn.Linear(dim, EXPANSION * dim), nn.GELU(), nn.Linear(EXPANSION * dim, dim),
+                         nn.Dropout(dropout))
 
 
 class MixerBlock(nn.Module):
