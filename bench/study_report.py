@@ -75,6 +75,21 @@ def significance_table(runs: dict[str, list[dict]], base: str = "xsmoe") -> str:
     return "\n".join(lines) + "\n"
 
 
+def warm_table(runs: dict[str, list[dict]]) -> str:
+    """AVG over test windows of NDCG@10 on every target and on warm targets only (items trained
+    before the test chunk), with the share of cold targets and the popularity row's warm figure."""
+    lines = ["| Method | AVG NDCG@10 (%) | warm targets: NDCG@10 (%) | popularity, warm targets (%) | "
+             "cold targets (%) |", "|---|---:|---:|---:|---:|"]
+    for v, rs in runs.items():
+        if not all(w.get("warm_ndcg10") is not None for r in rs for w in r["history"] if w.get("test_chunk")):
+            lines.append(f"| {v} | | runs older than the warm columns | | |")
+            continue
+        cells = [_cell(*mean_std(per_window(rs, key)[1].mean(1)), len(rs))
+                 for key in ("ndcg10", "warm_ndcg10", "pop_warm_ndcg10", "cold_share")]
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _router_text(window: dict) -> str:
     """Per layer: the router's mean weight on the backbone term, on the newest expert, and the
     smallest expert utilization (Eq. 5), as measured on the kept weights of that window."""
@@ -146,6 +161,9 @@ def section(name: str, root: Path, out_dir: Path) -> str:
         f"![NDCG per window]({png.name})", "",
         "**xsmoe against each model** (two-sided paired t-tests):", "",
         significance_table(runs), "",
+        "**Warm and cold targets** (a cold target is an item first seen in the test chunk; ID models "
+        "score it from an untrained row):", "",
+        warm_table(runs), "",
         "**In-window fit and the side network at the end** (seed order as in the table above):", "",
         fit_table(runs), "",
         "**Efficiency** (Table 3 shape):", "",
