@@ -256,10 +256,21 @@ def test_runs_on_ray_train(variant, tmp_path, ray_session):
 
     from .test_stream import tiny
 
-    history = run(tiny(tmp_path, variant, f"model.variant={variant}", "train.last_window=2"))
+    cfg = tiny(tmp_path, variant, f"model.variant={variant}", "train.last_window=2")
+    history = run(cfg)
     assert [r["window"] for r in history] == [0, 1, 2]
     assert all(r["experts"] == {} and 0.0 <= r["ndcg10"] <= 1.0 for r in history[1:])
     assert all(r["cold_share"] is not None and r["warm_ndcg10"] is not None for r in history[1:])
+    # the kept checkpoint (LGMRec's graph, the user tables) re-evaluates to the recorded figure
+    from xsmoe_ray.prepared import load_prepared
+    from xsmoe_ray.recommender import Recommender
+    from xsmoe_ray.train.data import window_data
+    from xsmoe_ray.train.window import evaluate_cases
+
+    rec = Recommender(cfg.run.out, window=2)
+    cases = window_data(load_prepared(f"{cfg.run.out}/prepared").stream, 2, rec.model.n_item_rows - 1).test
+    assert evaluate_cases(rec.model, cases, torch.device("cpu")).ndcg_mean == pytest.approx(history[2]["ndcg10"],
+                                                                                             abs=1e-9)
 
 
 def test_a_model_missing_part_of_the_interface_cannot_be_built():
