@@ -177,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--header", type=Path, help="markdown put before the sections (setup, commands)")
     p.add_argument("--out", type=Path, default=REPO / "docs" / "RESULTS.md")
     args = p.parse_args(argv)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     parts = [args.header.read_text() if args.header else "# Results\n"]
     if args.selection:
         parts += ["## Choosing settings (validation only)", "", selection_table(args.selection)]
