@@ -43,6 +43,7 @@ from torch import nn
 
 from ..base import SequentialModel
 from ..loss import batch_candidates
+from .frozen_features import LastLayerFeatures
 from .id_table import IdTable, match_catalogue
 
 VARIANTS = {"lgmrec": {}, "lgmrec_rh": {"replay": True}, "lgmrec_kd": {"distill": True}}
@@ -63,7 +64,7 @@ def _normalised_adjacency(edges: torch.Tensor, n_users: int, n_nodes: int) -> tu
     return adj.coalesce(), mean.coalesce()
 
 
-class LGMRec(SequentialModel):
+class LGMRec(LastLayerFeatures, SequentialModel):
     VARIANTS = tuple(VARIANTS)
     last_position_only = True
 
@@ -89,8 +90,7 @@ class LGMRec(SequentialModel):
         self.drop = nn.Dropout(1.0 - self.h["keep_rate"])
         self.max_len, self.kd_weight, self.distill = max_len, kd_weight, bool(VARIANTS[variant].get("distill"))
         self.register_buffer("edges", torch.zeros(2, 0, dtype=torch.long))  # (user row, item id) of the graph
-        for m in self.modalities:
-            self.register_buffer(f"features_{m}", None, persistent=False)
+        self._register_feature_buffers()
         self.__dict__["_graph"] = None  # (Â, R̄), built from ``edges`` when first needed
         self.__dict__["_frozen"] = None  # the propagation in eval mode (weights do not change there)
         self.__dict__["_aux"] = None
@@ -102,10 +102,7 @@ class LGMRec(SequentialModel):
     # ---- inputs --------------------------------------------------------------------------------------
     def set_item_features(self, features: dict[str, torch.Tensor]) -> None:
         """Keeps each modality's last cached layer ``[n_items+1, d]``; grows the id table with the catalogue."""
-        for m in self.modalities:
-            if m not in features:
-                raise ValueError(f"variant {self.variant!r} needs {m!r} features; got {sorted(features)}")
-            setattr(self, f"features_{m}", features[m][:, -1].to(self.item_table.weight.device))
+        self._keep_last_layers(features, self.item_table.weight.device)
         if int(next(iter(features.values())).shape[0]) != self.item_table.rows:
             match_catalogue(self, features)
             self._forget()
@@ -126,15 +123,9 @@ class LGMRec(SequentialModel):
         self.edges = torch.from_numpy(pairs.astype(np.int64)).to(self.item_table.weight.device)
         self._forget()
 
-    def _item_inputs(self) -> dict[str, torch.Tensor]:
-        return {m: getattr(self, f"features_{m}") for m in self.modalities}
-
-    def _shared_tensors(self) -> list[torch.Tensor]:
-        return [t for t in self._item_inputs().values() if t is not None]
-
     @property
     def _ddp_params_and_buffers_to_ignore(self) -> list[str]:
-        return ["edges"] + [f"features_{m}" for m in self.modalities]
+        return ["edges"] + LastLayerFeatures._ddp_params_and_buffers_to_ignore.fget(self)
 
     @property
     def n_item_rows(self) -> int:

@@ -34,6 +34,7 @@ from torch import nn
 
 from ..base import SequentialModel
 from ..loss import batch_candidates
+from .frozen_features import LastLayerFeatures
 from .id_table import IdTable, match_catalogue
 
 VARIANTS = {"mmmlp": {}, "mmmlp_rh": {"replay": True}, "mmmlp_kd": {"distill": True}}
@@ -66,7 +67,7 @@ class StreamMixer(nn.Sequential):
         super().__init__(nn.LayerNorm(dim), *[MixerBlock(length, dim, dropout) for _ in range(blocks)])
 
 
-class MMMLP(SequentialModel):
+class MMMLP(LastLayerFeatures, SequentialModel):
     VARIANTS = tuple(VARIANTS)
     last_position_only = True  # token mixing is not causal (module docstring)
 
@@ -88,8 +89,7 @@ class MMMLP(SequentialModel):
         self.fuse = nn.Linear(len(streams) * embed_dim, embed_dim)
         self.out_norm = nn.LayerNorm(embed_dim)
         self.max_len, self.kd_weight, self.distill = max_len, kd_weight, bool(VARIANTS[variant].get("distill"))
-        for m in self.modalities:
-            self.register_buffer(f"features_{m}", None, persistent=False)
+        self._register_feature_buffers()
 
     @property
     def replay(self) -> bool:
@@ -98,21 +98,8 @@ class MMMLP(SequentialModel):
     # ---- inputs --------------------------------------------------------------------------------------
     def set_item_features(self, features: dict[str, torch.Tensor]) -> None:
         """Keeps each modality's last cached layer ``[n_items+1, d]``; grows the id table with the catalogue."""
-        for m in self.modalities:
-            if m not in features:
-                raise ValueError(f"variant {self.variant!r} needs {m!r} features; got {sorted(features)}")
-            setattr(self, f"features_{m}", features[m][:, -1].to(self.fuse.weight.device))
+        self._keep_last_layers(features, self.fuse.weight.device)
         match_catalogue(self, features)
-
-    def _item_inputs(self) -> dict[str, torch.Tensor]:
-        return {m: getattr(self, f"features_{m}") for m in self.modalities}
-
-    def _shared_tensors(self) -> list[torch.Tensor]:
-        return [t for t in self._item_inputs().values() if t is not None]
-
-    @property
-    def _ddp_params_and_buffers_to_ignore(self) -> list[str]:
-        return [f"features_{m}" for m in self.modalities]
 
     @property
     def n_item_rows(self) -> int:
