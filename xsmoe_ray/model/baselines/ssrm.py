@@ -61,7 +61,7 @@ class SSRM(SessionModel):
         scores = (q * p.unsqueeze(1)).sum(-1).masked_fill(~real, float("-inf"))
         alpha = torch.softmax(scores, dim=1).nan_to_num(0.0).unsqueeze(-1)  # all-padding rows: zeros
         c = torch.cat([(alpha * h).sum(dim=1), h[:, -1]], dim=-1)
-        return USER_WEIGHT * users + (1 - USER_WEIGHT) * self.mix(c)
+        return USER_WEIGHT * p + (1 - USER_WEIGHT) * self.mix(c)
 
     def _gru_skipping_padding(self, q: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         """GRU states ``[B, L, D]`` of left-padded inputs, starting at each row's first real click.
