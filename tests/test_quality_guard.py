@@ -1,4 +1,5 @@
-"""bench/quality_guard.py's bookkeeping: the recorded table round-trips and a fall beyond the seed spread is flagged."""
+"""bench/quality_guard.py's bookkeeping (the recorded table round-trips, a fall beyond the seed spread is flagged)
+and study_report's warm/cold table."""
 
 import importlib.util
 import sys
@@ -48,3 +49,18 @@ def test_compare_counts_regressions_against_the_last_recorded_table(capsys):
     out = capsys.readouterr().out
     assert "xsmoe" in out and "REGRESSION" in out
     assert guard.compare(SimpleNamespace(users=400, overrides=[]), now, DOC) == 0  # nothing recorded yet
+
+
+def test_the_warm_table_averages_warm_and_cold_columns_per_seed():
+    import study_report
+
+    def run(seed, ndcg, warm):
+        rows = [{"window": c - 1, "test_chunk": c, "ndcg10": ndcg, "warm_ndcg10": warm, "pop_warm_ndcg10": 0.01,
+                 "cold_share": 0.1} for c in (2, 3)]
+        return {"seed": seed, "history": [{"window": 0, "test_chunk": None}] + rows}
+
+    runs = {"gag": [run(0, 0.04, 0.05), run(1, 0.02, 0.03)],
+            "old": [{"seed": 0, "history": [{"window": 1, "test_chunk": 2, "ndcg10": 0.05}]}]}
+    table = study_report.warm_table(runs)
+    assert "| gag | 3.00 ± 1.41 | 4.00 ± 1.41 | 1.00 ± 0.00 | 10.00 ± 0.00 |" in table
+    assert "| old | | runs older than the warm columns | | |" in table
