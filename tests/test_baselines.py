@@ -375,3 +375,13 @@ def test_user_models_refuse_unknown_users_and_grow_their_table():
     assert model.structure()["n_user_rows"] == N_USERS + 6
     assert torch.equal(model.user_table.weight[: N_USERS + 1], before)
     assert model.user_embedding(batch()[:, :-1], users=torch.full((8,), N_USERS + 3)).shape == (8, D)
+
+
+def test_stream_help_lists_every_variant():
+    from xsmoe_ray.config import VARIANTS
+    from xsmoe_ray.model import ALL_VARIANTS
+    from xsmoe_ray.stream import build_parser
+
+    text = " ".join(build_parser().format_help().split())
+    assert set(VARIANTS) == set(ALL_VARIANTS)  # the config accepts exactly the variants the registry builds
+    assert all(v in text for v in VARIANTS) and "train.rows" in text

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from xsmoe_ray.cli import run_guarded
 from xsmoe_ray.config import (ConfigError, ExperimentConfig, dump_yaml, load_config, result_differences, to_dict,
-                              valid_keys)
+                              valid_keys, VARIANTS)
 from xsmoe_ray.prepare import prepare_data
 from xsmoe_ray.rundir import has_registered_windows, run_dir
 
@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m xsmoe_ray.stream",
         description="XSMoE streaming recommendation: prepare the data, build the backbone layer cache, "
                     "train and test window by window on Ray Train. With no arguments: the embedded demo.",
-        epilog="Overrides: key=value with keys " + ", ".join(valid_keys()),
+        epilog="Overrides: key=value with keys " + ", ".join(valid_keys()) + ". model.variant is one of "
+               + ", ".join(VARIANTS) + " (README, Models).",
     )
     p.add_argument("--config", default="demo", help="preset name (demo, hm, amazon_home, amazon_elec, ml1m, ...) or YAML file")
     p.add_argument("--follow", type=float, default=None, metavar="SECONDS",
