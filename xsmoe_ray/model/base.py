@@ -107,9 +107,10 @@ class StreamModel(nn.Module, ABC):
 
     @torch.no_grad()
     def informativeness(self, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
-        """``[N, L+3]`` training rows → ``[N]`` scores, higher = more worth replaying (only models with
-        ``samples_update_set``)."""
-        raise NotImplementedError(f"{type(self).__name__} does not sample an update set")
+        """``[N, L+3]`` training rows → ``[N]`` scores, higher = more worth replaying (read when
+        ``samples_update_set``). This default rates every row alike, so an update set is drawn
+        uniformly; GAG and SSRM rate rows by their uncertainty."""
+        return torch.zeros(len(rows))
 
     def parameter_parts(self) -> dict[str, nn.Module]:
         """Named components for the parameter report (Table 3)."""
@@ -160,12 +161,13 @@ class SequentialModel(StreamModel):
         items = table[index.clamp_min(0)] * real.unsqueeze(-1).to(table.dtype)  # [B, L, D], zeros at padding
         return self.encoder(items, real)
 
-    def user_states(self, seq_ids: torch.Tensor, known: tuple[torch.Tensor, torch.Tensor] | None = None
-                    ) -> torch.Tensor:
+    def user_states(self, seq_ids: torch.Tensor, known: tuple[torch.Tensor, torch.Tensor] | None = None,
+                    users: torch.Tensor | None = None) -> torch.Tensor:
         """Left-padded ``[B, L]`` ids → states ``[B, L, D]``; the item tower runs once per unique item.
 
         ``known = (table [n_items+1, D], have [n_items+1] bool)``: item embeddings already computed
         (an evaluation's candidate table, by item id); only items without one go through the tower.
+        ``users``: the rows' user codes, for models with a user table (not used here).
         """
         ids, index = batch_candidates(seq_ids)
         if known is None:
@@ -179,9 +181,9 @@ class SequentialModel(StreamModel):
 
     def user_embedding(self, context: torch.Tensor, known: tuple[torch.Tensor, torch.Tensor] | None = None,
                        users: torch.Tensor | None = None) -> torch.Tensor:
-        """``[B, L]`` left-padded context → ``[B, D]``, the state at the last position (``known``: as
-        :meth:`user_states`; ``users`` are not used: the user is their sequence)."""
-        return self.user_states(context, known)[:, -1]
+        """``[B, L]`` left-padded context → ``[B, D]``, the state at the last position (``known``,
+        ``users``: as :meth:`user_states`)."""
+        return self.user_states(context, known, users)[:, -1]
 
     def score_all(self, context: torch.Tensor, candidate_ids: torch.Tensor) -> torch.Tensor:
         """Full ranking: ``[B, L]`` contexts against ``[C]`` candidates → scores ``[B, C]`` (Eq. 7).

@@ -222,7 +222,8 @@ class LGMRec(LastLayerFeatures, SequentialModel):
         ids, index = batch_candidates(seq)
         user_emb, item_emb, hyper_parts = self._propagate(inputs)
         rows = self._user_rows(users, seq.shape[0], item_emb.device)
-        states = torch.zeros(seq.shape[0], seq.shape[1] - 1, item_emb.shape[1], device=item_emb.device)
+        states = torch.zeros(seq.shape[0], seq.shape[1] - 1, item_emb.shape[1], device=item_emb.device,
+                             dtype=user_emb.dtype)
         states[:, -1] = user_emb[rows]
         self.__dict__["_aux"] = (rows, seq[:, -1], user_emb[rows], item_emb[seq[:, -1]], hyper_parts)
         return ids, index, item_emb[ids], states
@@ -241,14 +242,14 @@ class LGMRec(LastLayerFeatures, SequentialModel):
                                                  + _info_nce(i1[targets], i2[targets], i2, self.h["tau"]))
         return loss
 
-    def user_embedding(self, context: torch.Tensor, known: tuple[torch.Tensor, torch.Tensor] | None = None,
-                       users: torch.Tensor | None = None) -> torch.Tensor:
-        """The users' graph embeddings ``[B, D]``; the context is not read (module docstring)."""
+    def user_states(self, seq_ids: torch.Tensor, known: tuple[torch.Tensor, torch.Tensor] | None = None,
+                    users: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, L, D]``: the users' graph embeddings at the last position, zeros before it; the
+        context is not read (module docstring)."""
         user_emb = self._propagate()[0]
-        return user_emb[self._user_rows(users, context.shape[0], user_emb.device)]
-
-    def user_states(self, seq_ids: torch.Tensor, known=None) -> torch.Tensor:
-        raise NotImplementedError("LGMRec has one state per user: use user_embedding(context, users=...)")
+        states = torch.zeros(*seq_ids.shape, user_emb.shape[1], device=user_emb.device, dtype=user_emb.dtype)
+        states[:, -1] = user_emb[self._user_rows(users, seq_ids.shape[0], user_emb.device)]
+        return states
 
     # ---- structure -----------------------------------------------------------------------------------
     def trainable_parameters(self) -> list[nn.Parameter]:

@@ -123,8 +123,8 @@ class MMMLP(LastLayerFeatures, SequentialModel):
         ids, index = batch_candidates(seq)
         return ids, index, self._embed(ids, inputs), self._mix(ids, index[:, :-1], inputs)
 
-    def user_states(self, seq_ids: torch.Tensor, known: tuple[torch.Tensor, torch.Tensor] | None = None
-                    ) -> torch.Tensor:
+    def user_states(self, seq_ids: torch.Tensor, known: tuple[torch.Tensor, torch.Tensor] | None = None,
+                    users: torch.Tensor | None = None) -> torch.Tensor:
         """``[B, L]`` contexts → ``[B, L, D]``; only the last position is a user vector (not causal)."""
         ids, index = batch_candidates(seq_ids)
         return self._mix(ids, index, self._item_inputs())

@@ -81,19 +81,16 @@ class SessionModel(SequentialModel):
         table = self._embed(ids, inputs)
         return ids, index, table, self._last_states(table, index[:, :-1], users)
 
-    def user_embedding(self, context: torch.Tensor, known: tuple[torch.Tensor, torch.Tensor] | None = None,
-                       users: torch.Tensor | None = None) -> torch.Tensor:
-        """``[B, L]`` contexts and their user codes → session vectors ``[B, D]`` (``known``: as
-        ``SequentialModel.user_states``)."""
-        ids, index = batch_candidates(context)
+    def user_states(self, seq_ids: torch.Tensor, known: tuple[torch.Tensor, torch.Tensor] | None = None,
+                    users: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, L]`` contexts and their user codes → ``[B, L, D]``: the session vector at the last
+        position, zeros before it (``known``: as ``SequentialModel.user_states``)."""
+        ids, index = batch_candidates(seq_ids)
         table = self._embed(ids, None)
         if known is not None:
             known_table, have = known
             table = torch.where(have[ids].unsqueeze(-1), known_table[ids].to(table.dtype), table)
-        return self._session(table, index, self._users(users, context.shape[0], table.device))
-
-    def user_states(self, seq_ids: torch.Tensor, known=None) -> torch.Tensor:
-        raise NotImplementedError("session models have one state per row: use user_embedding(context, users=...)")
+        return self._last_states(table, index, users)
 
     # ---- streaming ---------------------------------------------------------------------------------
     @torch.no_grad()
