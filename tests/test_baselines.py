@@ -385,3 +385,20 @@ def test_stream_help_lists_every_variant():
     text = " ".join(build_parser().format_help().split())
     assert set(VARIANTS) == set(ALL_VARIANTS)  # the config accepts exactly the variants the registry builds
     assert all(v in text for v in VARIANTS) and "train.rows" in text
+
+
+def test_a_model_without_its_own_criterion_rates_every_row_alike():
+    """The interface default: equal informativeness, so an update set is a uniform draw."""
+    rows = torch.from_numpy(rows_of(batch(0)))
+    assert torch.equal(make("sasrec_id").informativeness(rows, torch.device("cpu")), torch.zeros(len(rows)))
+    assert make("gag").informativeness(rows, torch.device("cpu")).shape == (len(rows),)
+
+
+@pytest.mark.parametrize("variant", GAG.VARIANTS + SSRM.VARIANTS + LGMRec.VARIANTS)
+def test_user_states_hold_the_user_vector_at_the_last_position(variant):
+    model = make(variant).eval()
+    seq, users = batch()[:, :-1], users_of(batch())
+    with torch.no_grad():
+        states = model.user_states(seq, users=users)
+        assert torch.equal(states[:, -1], model.user_embedding(seq, users=users))
+    assert states.shape == (8, L, D) and float(states[:, :-1].abs().sum()) == 0.0
