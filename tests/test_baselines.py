@@ -358,6 +358,11 @@ def test_lgmrec_graph_is_the_window_rows_and_travels_with_the_checkpoint(tmp_pat
     pairs = {(int(u), int(i)) for u, i in model.edges.T.tolist()}
     want = {(int(r[-1]) + 1, int(i)) for r in rows for i in r[:-2] if i > 0}
     assert pairs == want
+    replayed = rows_of(batch(4))
+    model.set_window_rows(rows, replayed)  # _rh: the reservoir's rows join the graph
+    assert {(int(u), int(i)) for u, i in model.edges.T.tolist()} == want | {
+        (int(r[-1]) + 1, int(i)) for r in replayed for i in r[:-2] if i > 0}
+    model.set_window_rows(rows)
     save_state(tmp_path, WindowState(window=0, model=model), {"cfg": "test"})
     loaded = load_state(tmp_path).model
     loaded.set_item_features(FEATURES)

@@ -101,9 +101,10 @@ class StreamModel(nn.Module, ABC):
     def set_user_count(self, n_users: int) -> None:
         """The stream's number of users (codes ``0..n_users-1``); models with a user table grow it."""
 
-    def set_window_rows(self, rows) -> None:
-        """The rows ``[N, L+3]`` (numpy) the coming window trains on, replayed ones included, before
-        its first step: for models that build a structure from them (LGMRec's graph)."""
+    def set_window_rows(self, rows, replayed=None) -> None:
+        """The rows ``[N, L+3]`` (numpy) the coming window trains on and the reservoir's rows it
+        replays (``_rh``; None otherwise), before its first step: for models that build a structure
+        from them (LGMRec's graph)."""
 
     @torch.no_grad()
     def informativeness(self, rows: torch.Tensor, device: torch.device) -> torch.Tensor:

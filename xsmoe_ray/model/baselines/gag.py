@@ -61,10 +61,11 @@ class GAGLayer(nn.Module):
         self.w_in, self.w_out = nn.Linear(2 * dim, dim), nn.Linear(2 * dim, dim)
         self.w_o = nn.Linear(2 * dim, dim)
 
-    def forward(self, graph: SessionGraph, h: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    def forward(self, a_in: torch.Tensor, a_out: torch.Tensor, h: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """``a_in``/``a_out``: ``SessionGraph.normalised`` of each direction; ``h`` [B, L, D]; ``u`` [B, D]."""
         x = torch.cat([h, u.unsqueeze(1).expand_as(h)], dim=-1)  # [B, L, 2D]
-        m_in = graph.normalised(incoming=True).transpose(1, 2) @ self.w_in(x)
-        m_out = graph.normalised(incoming=False) @ self.w_out(x)
+        m_in = a_in.transpose(1, 2) @ self.w_in(x)
+        m_out = a_out @ self.w_out(x)
         return torch.tanh(self.w_o(torch.cat([m_in, m_out], dim=-1)))
 
 
@@ -90,8 +91,9 @@ class GAG(SessionModel):
         mask = graph.real.unsqueeze(-1).to(table.dtype)
         h = table[index.clamp_min(0)] * mask  # [B, L, D]; a position's state sits at its node
         u = users
+        a_in, a_out = graph.normalised(incoming=True), graph.normalised(incoming=False)
         for layer in self.layers:
-            h = layer(graph, h, u) * graph.node.unsqueeze(-1).to(h.dtype)
+            h = layer(a_in, a_out, h, u) * graph.node.unsqueeze(-1).to(h.dtype)
             u = self._readout(graph, h, u, mask)
         return u
 

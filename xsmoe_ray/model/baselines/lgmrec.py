@@ -91,7 +91,7 @@ class LGMRec(LastLayerFeatures, SequentialModel):
         self.max_len, self.kd_weight, self.distill = max_len, kd_weight, bool(VARIANTS[variant].get("distill"))
         self.register_buffer("edges", torch.zeros(2, 0, dtype=torch.long))  # (user row, item id) of the graph
         self._register_feature_buffers()
-        self.__dict__["_graph"] = None  # (Â, R̄), built from ``edges`` when first needed
+        self.__dict__["_graph"] = None  # (Â, R̄, user degrees), built from ``edges`` when first needed
         self.__dict__["_frozen"] = None  # the propagation in eval mode (weights do not change there)
         self.__dict__["_aux"] = None
 
@@ -114,8 +114,11 @@ class LGMRec(LastLayerFeatures, SequentialModel):
             self.__dict__["teacher"] = None
             self._forget()
 
-    def set_window_rows(self, rows: np.ndarray) -> None:
-        """The graph of the (user, item) pairs at every position of ``rows`` [N, L+3] (module docstring)."""
+    def set_window_rows(self, rows: np.ndarray, replayed: np.ndarray | None = None) -> None:
+        """The graph of the (user, item) pairs at every position of ``rows`` [N, L+3] and of the
+        replayed rows (module docstring)."""
+        if replayed is not None and len(replayed):
+            rows = np.concatenate([rows, replayed])
         items = rows[:, :-2]
         users = np.broadcast_to(rows[:, -1:] + 1, items.shape)
         keep = (items > 0) & (users > 0)
@@ -146,10 +149,12 @@ class LGMRec(LastLayerFeatures, SequentialModel):
         self._forget()
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
-    def _adjacency(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _adjacency(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``Â``, ``R̄`` and each user's item count, built once per graph."""
         if self._graph is None:
             n_users = self.user_table.rows
-            self.__dict__["_graph"] = _normalised_adjacency(self.edges, n_users, n_users + self.item_table.rows)
+            adj, mean = _normalised_adjacency(self.edges, n_users, n_users + self.item_table.rows)
+            self.__dict__["_graph"] = (adj, mean, self._degrees(mean))
         return self._graph
 
     def _assign(self, logits: torch.Tensor) -> torch.Tensor:
@@ -170,7 +175,7 @@ class LGMRec(LastLayerFeatures, SequentialModel):
         return out
 
     def _propagate_fp32(self, inputs: dict[str, torch.Tensor]):
-        adj, mean = self._adjacency()
+        adj, mean, degrees = self._adjacency()
         n_users = self.user_table.rows
         ego = torch.cat([self.user_table.weight, self.item_table.weight]).float()
         layers, x = [ego], ego
@@ -188,7 +193,7 @@ class LGMRec(LastLayerFeatures, SequentialModel):
             total = total + F.normalize(x, dim=1)
             item_logits = feats @ self.hyper[m]
             h_i = self._assign(item_logits)
-            h_u = self._assign(torch.sparse.mm(mean, item_logits) * self._degrees(mean))
+            h_u = self._assign(torch.sparse.mm(mean, item_logits) * degrees)
             item_g = cge[n_users:]
             for _ in range(self.h["hyper_layers"]):
                 hyperedges = h_i.T @ item_g
