@@ -62,7 +62,8 @@ def epoch_seconds(variant: str, args, prepared, features) -> dict:
     data = window_data(stream, w, prepared.n_items, cfg.train.rows)
     if model.samples_update_set and replay is not None and len(replay):
         data.train_rows = sampled_update_set(model, stream, w, data.train_rows, replay, device)
-    model.set_window_rows(data.train_rows, replay.data[:len(replay)] if model.replay and replay is not None else None)
+    replayed = replay.data[:len(replay)] if model.replay and replay is not None and len(replay) else None
+    model.set_window_rows(data.train_rows, replayed)
     result = train_window(model, data, cfg.train, device, seed=0, replay=replay if model.replay else None,
                           log=lambda *_: None)
     return {"epoch_s": result.train_seconds / max(result.epochs, 1), "rows": len(data.train_rows),

@@ -150,7 +150,7 @@ def run_one_window(cfg: ExperimentConfig, raw: StreamModel, stream, n_items: int
               + (f", test on D_{w + 1} ({len(data.test):,} cases)" if w >= 1 else " (warm-up)"))
     if raw.samples_update_set and replay is not None and len(replay):
         data.train_rows = sampled_update_set(raw, stream, w, data.train_rows, replay, device)
-    replayed = replay.data[:len(replay)] if raw.replay and replay is not None else None
+    replayed = replay.data[:len(replay)] if raw.replay and replay is not None and len(replay) else None
     raw.set_window_rows(data.train_rows, replayed)
     result = train_window(model, data, cfg.train, device, seed=cfg.run.seed * 1000 + w,
                           mask_history=cfg.data.mask_history, replay=None if raw.samples_update_set else replay,
