@@ -12,6 +12,7 @@ import torch
 
 from xsmoe_ray.model import GAG, LGMRec, MMMLP, SSRM, ReservoirBuffer, SASRecID, build_model, model_from_structure
 from xsmoe_ray.model.baselines.session_graph import SessionGraph
+from xsmoe_ray.model.loss import batch_candidates, fused_debiased_ce
 from xsmoe_ray.model.replay import update_set
 from xsmoe_ray.train.checkpoint import WindowState, load_state, save_state
 
@@ -249,7 +250,7 @@ def test_two_ddp_ranks_stay_identical(tmp_path):
 
 
 @pytest.mark.parametrize("variant", ["gag", "lgmrec_rh"])  # update set and users; graph, replay, features
-def test_runs_on_ray_train(variant, tmp_path, ray_session):
+def test_runs_on_ray_train(variant, tmp_path, ray_session, capsys):
     """The whole job on Ray Train: windows, checkpoints, outputs, with no expert structure (the
     unit tests above cover each model; these two take the loop's model-specific hooks)."""
     from xsmoe_ray.stream import run
@@ -271,6 +272,17 @@ def test_runs_on_ray_train(variant, tmp_path, ray_session):
     cases = window_data(load_prepared(f"{cfg.run.out}/prepared").stream, 2, rec.model.n_item_rows - 1).test
     assert evaluate_cases(rec.model, cases, torch.device("cpu")).ndcg_mean == pytest.approx(history[2]["ndcg10"],
                                                                                              abs=1e-9)
+    # the CLI says what the user vector is made of: the sequence, or (LGMRec) the user's own row
+    import pyarrow.parquet as pq
+
+    from xsmoe_ray.recommend import main as recommend_main
+
+    user = str(pq.read_table(f"{cfg.run.out}/prepared/users.parquet").column("user_id")[0])
+    capsys.readouterr()
+    assert recommend_main(["--run", cfg.run.out, "--users", user, "-k", "3"]) == 0
+    said = capsys.readouterr().out
+    assert ("does not read the sequence" in said) == variant.startswith("lgmrec")
+    assert ("encoded from" in said) == (not variant.startswith("lgmrec"))
 
 
 def test_a_model_missing_part_of_the_interface_cannot_be_built():
@@ -407,3 +419,19 @@ def test_user_states_hold_the_user_vector_at_the_last_position(variant):
         states = model.user_states(seq, users=users)
         assert torch.equal(states[:, -1], model.user_embedding(seq, users=users))
     assert states.shape == (8, L, D) and float(states[:, :-1].abs().sum()) == 0.0
+
+
+def test_mmmlp_last_position_path_equals_the_full_mixer():
+    """Training and ranking compute each mixer's final block at the last position only; that must be
+    the full mixer's last position, and the loss must not depend on which path ran."""
+    model = make("mmmlp").eval()
+    seq = batch()
+    full = model.user_states(seq[:, :-1])[:, -1]
+    assert torch.allclose(model.user_embedding(seq[:, :-1]), full, atol=1e-5)
+    states = model._towers(seq, model._item_inputs())[3]
+    assert states.shape == (len(seq), L, D) and torch.allclose(states[:, -1], full, atol=1e-5)
+    ids, index = batch_candidates(seq)
+    first = torch.full((len(seq),), L, dtype=torch.long)
+    reference, _ = fused_debiased_ce(model.user_states(seq[:, :-1]), model.item_embeddings(ids), index,
+                                     LOG_POP[ids], first)
+    assert torch.allclose(model(seq, LOG_POP)[0], reference, atol=1e-5)

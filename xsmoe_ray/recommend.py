@@ -45,7 +45,12 @@ def table(rec, answers) -> str:
              f"(items seen up to chunk {rec.horizon})"]
     for a in answers:
         who = f"user {a.user}" if a.user is not None else "history"
-        lines.append(f"\n{who}: encoded from {len(a.history)} item(s): {', '.join(a.history)}")
+        if rec.model.reads_context:
+            lines.append(f"\n{who}: encoded from {len(a.history)} item(s): {', '.join(a.history)}")
+        else:
+            vector = "the user's own vector" if a.user is not None else "the one vector of unknown users"
+            lines.append(f"\n{who}: scored from {vector} ({rec.model.variant} does not read the sequence); "
+                         f"last {len(a.history)} item(s): {', '.join(a.history)}")
         if a.unseen:
             lines.append(f"  not seen in the stream up to chunk {rec.horizon} (new to the model; content models "
                          f"read their content): {', '.join(a.unseen)}")

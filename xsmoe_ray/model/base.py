@@ -35,6 +35,7 @@ class StreamModel(nn.Module, ABC):
     # drawn from a reservoir and the new rows by :meth:`informativeness` (``replay.update_set``).
     samples_update_set: bool = False
     tracks_utilization: bool = False  # whether the utilization pass after training means anything
+    reads_context: bool = True  # False: the user vector comes from the user's id alone (LGMRec)
 
     # ---- required: a model that lacks one cannot be constructed (abstract methods) ---------------
     @abstractmethod

@@ -67,6 +67,7 @@ def _normalised_adjacency(edges: torch.Tensor, n_users: int, n_nodes: int) -> tu
 class LGMRec(LastLayerFeatures, SequentialModel):
     VARIANTS = tuple(VARIANTS)
     last_position_only = True
+    reads_context = False  # not sequential: the user vector is the user's row of the graph embedding
 
     def __init__(self, *, variant: str, n_item_rows: int, n_user_rows: int, dims: dict[str, int], embed_dim: int,
                  max_len: int, kd_weight: float = 1.0, **hyper) -> None:

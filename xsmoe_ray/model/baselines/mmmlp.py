@@ -15,6 +15,9 @@ Token mixing is not causal, so every position sees the whole context: only the l
 carry loss, so training uses one row per target (``train.rows`` gives that row) with the loss at its
 last position only (``first = L``), through the project's Eq. 8 in-batch debiased cross-entropy
 rather than the original's full-softmax CE (the same loss every model here is trained with).
+Training and ranking therefore run each mixer's final block at the last position only
+(``MixerBlock.last``, the same function; it took a third off the step, docs/BENCHMARKS.md);
+``user_states`` still returns every position, for inspection.
 
 Variants: ``mmmlp``; ``mmmlp_rh`` (reservoir replay, as ``iisan_rh``); ``mmmlp_kd`` (KL to the
 previous window's model, as ``iisan_kd``); the paper's Table 1 has the last two.
@@ -30,6 +33,7 @@ content.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..base import SequentialModel
@@ -61,10 +65,35 @@ class MixerBlock(nn.Module):
         x = x + self.token(self.token_norm(x).transpose(1, 2)).transpose(1, 2)
         return x + self.channel(self.channel_norm(x))
 
+    def last(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward`'s output at the last position only, ``[B, L, D] → [B, D]``.
+
+        Token mixing still reads every position, but only the last output row of its second linear
+        and one position's channel MLP are computed: about a sixth of the block's matmul work at
+        ``L = 10``, ``D = 64``, and all that one loss position needs.
+        """
+        expand, act, out, dropout = self.token
+        hidden = act(expand(self.token_norm(x).transpose(1, 2)))  # [B, D, 4L]
+        y = x[:, -1] + dropout(F.linear(hidden, out.weight[-1:], out.bias[-1:]).squeeze(-1))
+        return y + self.channel(self.channel_norm(y))
+
 
 class StreamMixer(nn.Sequential):
     def __init__(self, length: int, dim: int, blocks: int, dropout: float) -> None:
         super().__init__(nn.LayerNorm(dim), *[MixerBlock(length, dim, dropout) for _ in range(blocks)])
+
+    def forward(self, x: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """``[B, L, D] → [B, L, D]``, or ``[B, 1, D]`` (the last position) with ``last_only``."""
+        x, blocks = self[0](x), list(self)[1:]
+        if not last_only:
+            for block in blocks:
+                x = block(x)
+            return x
+        if not blocks:
+            return x[:, -1:]
+        for block in blocks[:-1]:
+            x = block(x)
+        return blocks[-1].last(x)[:, None]
 
 
 class MMMLP(LastLayerFeatures, SequentialModel):
@@ -109,25 +138,33 @@ class MMMLP(LastLayerFeatures, SequentialModel):
     def _embed(self, item_ids: torch.Tensor, inputs) -> torch.Tensor:
         return self.item_table(item_ids)  # scores are by ID
 
-    def _mix(self, ids: torch.Tensor, index: torch.Tensor, inputs) -> torch.Tensor:
-        """Unique ids [U] and a context ``index`` [B, L] into them (-1 = padding) → states ``[B, L, D]``."""
+    def _mix(self, ids: torch.Tensor, index: torch.Tensor, inputs, last_only: bool = False) -> torch.Tensor:
+        """Unique ids [U] and a context ``index`` [B, L] into them (-1 = padding) → states ``[B, L, D]``
+        (``[B, 1, D]``, the last position, with ``last_only``)."""
         real = (index >= 0).unsqueeze(-1)
         at = index.clamp_min(0)
-        streams = [self.mixers["id"](self.item_table(ids)[at] * real)]
+        streams = [self.mixers["id"](self.item_table(ids)[at] * real, last_only)]
         for m in self.modalities:
             content = self.project[m](inputs[m].index_select(0, ids).float())  # [U, D]
-            streams.append(self.mixers[m](content[at] * real))
+            streams.append(self.mixers[m](content[at] * real, last_only))
         return self.out_norm(self.fuse(self.fuse_norm(torch.cat(streams, dim=-1))))
 
     def _towers(self, seq: torch.Tensor, inputs, users: torch.Tensor | None = None):
         ids, index = batch_candidates(seq)
-        return ids, index, self._embed(ids, inputs), self._mix(ids, index[:, :-1], inputs)
+        last = self._mix(ids, index[:, :-1], inputs, last_only=True)  # [B, 1, D]
+        # The loss reads position L only (``last_position_only``); a view, not a copy, fills the rest.
+        return ids, index, self._embed(ids, inputs), last.expand(-1, seq.shape[1] - 1, -1)
 
     def user_states(self, seq_ids: torch.Tensor, known: tuple[torch.Tensor, torch.Tensor] | None = None,
                     users: torch.Tensor | None = None) -> torch.Tensor:
         """``[B, L]`` contexts → ``[B, L, D]``; only the last position is a user vector (not causal)."""
         ids, index = batch_candidates(seq_ids)
         return self._mix(ids, index, self._item_inputs())
+
+    def user_embedding(self, context: torch.Tensor, known: tuple[torch.Tensor, torch.Tensor] | None = None,
+                       users: torch.Tensor | None = None) -> torch.Tensor:
+        ids, index = batch_candidates(context)
+        return self._mix(ids, index, self._item_inputs(), last_only=True)[:, 0]
 
     # ---- structure -----------------------------------------------------------------------------------
     def trainable_parameters(self) -> list[nn.Parameter]:
