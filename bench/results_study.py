@@ -114,7 +114,7 @@ def run_all(args) -> None:
         cmd = stream_command(args.config, root, variant, seed, args.set)
         print(f"[study] {k}/{len(todo)} {variant} seed {seed}: {shlex.join(cmd)}", flush=True)
         load0, t0 = os.getloadavg(), time.perf_counter()
-        with open(root / "logs" / f"{variant}_s{seed}.log", "w") as log:
+        with open(root / "logs" / f"{variant}_s{seed}.log", "a") as log:  # a resumed run keeps its first log
             rc = subprocess.call(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         wall = time.perf_counter() - t0
         if rc != 0 or not (out / "history.json").exists():
