@@ -16,7 +16,7 @@ carry loss, so training uses one row per target (``train.rows`` gives that row) 
 last position only (``first = L``), through the project's Eq. 8 in-batch debiased cross-entropy
 rather than the original's full-softmax CE (the same loss every model here is trained with).
 Training and ranking therefore run each mixer's final block at the last position only
-(``MixerBlock.last``, the same function; it took a third off the step, docs/BENCHMARKS.md);
+(``MixerBlock.last``, the same function; it took about 40 % off the step, docs/BENCHMARKS.md);
 ``user_states`` still returns every position, for inspection.
 
 Variants: ``mmmlp``; ``mmmlp_rh`` (reservoir replay, as ``iisan_rh``); ``mmmlp_kd`` (KL to the
