@@ -97,14 +97,36 @@ def pregenerate(args, root: Path) -> None:
     make_synthetic(root / "data", cfg.synth, windows=cfg.data.chunks, knobs=dataclasses.replace(DEFAULT_KNOBS, **knobs))
 
 
+SETTING_KEYS = ("config", "overrides", "knobs")
+
+
+def record_study(root: Path, study: dict) -> dict:
+    """Writes ``root/study.json``; a root is one setting, so later runs on it add variants and seeds.
+
+    A second ``results_study`` on the same root (another lane, another variant) keeps the variants and
+    seeds recorded before; one with another preset, overrides or knobs would mix two settings under one
+    name in every table, so it stops with both settings named.
+    """
+    path = root / "study.json"
+    if path.exists():
+        before = json.loads(path.read_text())
+        differ = [k for k in SETTING_KEYS if (before.get(k) or None) != (study.get(k) or None)]
+        if differ:
+            both = "; ".join(f"{k}: {before.get(k)!r} there, {study.get(k)!r} now" for k in differ)
+            raise SystemExit(f"{path} records another setting ({both}); use another --root for it")
+        study = {**study, "variants": list(dict.fromkeys([*before.get("variants", []), *study["variants"]])),
+                 "seeds": sorted({*before.get("seeds", []), *study["seeds"]})}
+    path.write_text(json.dumps(study, indent=1))
+    return study
+
+
 def run_all(args) -> None:
     root = args.root.resolve()
     (root / "logs").mkdir(parents=True, exist_ok=True)
     pregenerate(args, root)
-    study = {"config": args.config, "overrides": args.set, "knobs": args.knob, "variants": args.variants, "seeds": args.seeds,
-             "argv": sys.argv, "cpus": os.cpu_count(), "machine": platform.platform(),
-             "processor": _cpu_model()}
-    (root / "study.json").write_text(json.dumps(study, indent=1))
+    record_study(root, {"config": args.config, "overrides": args.set, "knobs": args.knob, "variants": args.variants,
+                        "seeds": args.seeds, "argv": sys.argv, "cpus": os.cpu_count(), "machine": platform.platform(),
+                        "processor": _cpu_model()})
     todo = [(v, s) for v in args.variants for s in args.seeds]
     for k, (variant, seed) in enumerate(todo, 1):
         out = run_dir(root, variant, seed)
