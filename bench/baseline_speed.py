@@ -70,18 +70,30 @@ def epoch_seconds(variant: str, args, prepared, features) -> dict:
             "steps": result.steps // max(result.epochs, 1)}
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python bench/baseline_speed.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="ml1m")
     p.add_argument("--window", type=int, default=1)
     p.add_argument("--epochs", type=int, default=2, help="timed epochs per pass")
-    p.add_argument("--variants", nargs="+", default=list(DEFAULT), choices=VARIANTS)
+    p.add_argument("--variants", nargs="+", default=list(DEFAULT), metavar="VARIANT",
+                   help=f"models to time (iisan_rh is always added); one or more of {', '.join(VARIANTS)}")
     p.add_argument("--root", type=Path, default=Path(tempfile.gettempdir()) / "xsmoe_baseline_speed")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. data.path=... (as for xsmoe_ray.stream)")
     args = p.parse_args(argv)
+    # --variants takes every word after it, so key=value overrides written after it land there
+    args.overrides += [v for v in args.variants if "=" in v]
+    args.variants = [v for v in args.variants if "=" not in v]
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown or not args.variants:
+        p.error(f"unknown variant(s) {unknown or '(none given)'}; one or more of {', '.join(VARIANTS)}")
     if "iisan_rh" not in args.variants:
         args.variants.insert(0, "iisan_rh")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     from xsmoe_ray.stream import data_stages
 
     if load_config(args.config).data.format == "synthetic":

@@ -1,4 +1,5 @@
-"""bench/results_study.py's study record: a root is one setting that later runs add variants and seeds to."""
+"""bench/results_study.py's study record (a root is one setting that later runs add variants and seeds to), and
+bench/baseline_speed.py's command line."""
 
 import json
 import sys
@@ -30,3 +31,15 @@ def test_a_run_with_another_setting_on_the_same_root_stops_and_keeps_the_record(
     with pytest.raises(SystemExit, match="records another setting"):
         record_study(tmp_path, {**_study(["static"], [1]), **change})
     assert json.loads((tmp_path / "study.json").read_text()) == first
+
+
+def test_baseline_speed_takes_overrides_before_or_after_its_variants(capsys):
+    import baseline_speed
+
+    args = baseline_speed.parse_args(["--variants", "mmmlp", "gag", "data.sample_users=400", "--epochs", "3",
+                                      "data.path=x"])
+    assert args.variants == ["iisan_rh", "mmmlp", "gag"] and args.epochs == 3
+    assert sorted(args.overrides) == ["data.path=x", "data.sample_users=400"]
+    with pytest.raises(SystemExit):
+        baseline_speed.parse_args(["--variants", "mmlp"])
+    assert "unknown variant(s) ['mmlp']" in capsys.readouterr().err
