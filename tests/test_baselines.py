@@ -192,48 +192,48 @@ def test_the_item_table_is_the_whole_model_report():
     assert buf.tell() > 0
 
 
-def _two_ranks(rank: int, port: int, out: str) -> None:
-    """Per variant: three DDP steps per window over two windows, each rank on its half of every batch
-    (replay mixed in for _rh, a teacher for _kd), then the parameter hash compared across ranks."""
-    import json
-    import os
-
-    import torch.distributed as dist
-
+def _variant_on_two_ranks(variant: str, rank: int) -> str:
+    """Three DDP steps per window over two windows, each rank on its half of every batch (replay mixed
+    in for _rh, a teacher for _kd), then the parameter hash compared across ranks. Its own function so
+    that the DDP wrappers, which hold the process group, are gone when it returns."""
     from xsmoe_ray.train.sync import check_same_across_ranks, parameter_hash
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    results = {}
+    model = make(variant, dropout=0.1)
+    replay = ReservoirBuffer(16, seed=0) if model.replay else None
     try:
-        for variant in ID_VARIANTS:
-            model = make(variant, dropout=0.1)
-            replay = ReservoirBuffer(16, seed=0) if model.replay else None
-            try:
-                for window in range(2):
-                    if window:
-                        model.begin_window()
-                    ddp = torch.nn.parallel.DistributedDataParallel(model)
-                    opt = torch.optim.Adam(model.trainable_parameters(), lr=1e-2)
-                    for step in range(3):
-                        rows = batch(10 * window + step, B=16)[rank::2]
-                        if replay is not None and len(replay):
-                            rows = replay.mix(rows, rank=rank, world=2)
-                        torch.manual_seed(100 * window + step + rank)  # each rank its own dropout, as in Ray Train
-                        loss, _ = ddp(rows, LOG_POP, None, users_of(rows))
-                        opt.zero_grad()
-                        loss.backward()
-                        opt.step()
-                    if replay is not None:
-                        replay.add(batch(10 * window, B=16))
-                check_same_across_ranks(parameter_hash(model))
-                results[variant] = "ok"
-            except Exception as e:  # noqa: BLE001 - reported to the parent, per variant
-                results[variant] = f"{type(e).__name__}: {e}"
-    finally:
-        dist.destroy_process_group()
-        with open(f"{out}.{rank}", "w") as f:
-            json.dump(results, f)
+        for window in range(2):
+            if window:
+                model.begin_window()
+            ddp = torch.nn.parallel.DistributedDataParallel(model)
+            opt = torch.optim.Adam(model.trainable_parameters(), lr=1e-2)
+            for step in range(3):
+                rows = batch(10 * window + step, B=16)[rank::2]
+                if replay is not None and len(replay):
+                    rows = replay.mix(rows, rank=rank, world=2)
+                torch.manual_seed(100 * window + step + rank)  # each rank its own dropout, as in Ray Train
+                loss, _ = ddp(rows, LOG_POP, None, users_of(rows))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            if replay is not None:
+                replay.add(batch(10 * window, B=16))
+        check_same_across_ranks(parameter_hash(model))
+        return "ok"
+    except Exception as e:  # noqa: BLE001 - reported to the parent, per variant
+        return f"{type(e).__name__}: {e}"
+
+
+def _two_ranks(rank: int, port: int, out: str) -> None:
+    """Every ID variant on two gloo ranks; the per-variant verdicts go to a file per rank."""
+    import json
+
+    from .test_sync import join_group, leave_group
+
+    join_group(rank, 2, port)
+    results = {variant: _variant_on_two_ranks(variant, rank) for variant in ID_VARIANTS}
+    with open(f"{out}.{rank}", "w") as f:
+        json.dump(results, f)
+    leave_group()
 
 
 def test_two_ddp_ranks_stay_identical(tmp_path):
