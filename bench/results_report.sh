@@ -1,23 +1,34 @@
 #!/usr/bin/env bash
-# Regenerates docs/RESULTS.md from the study roots of its "Commands" block (bench/results_header.md):
-# the selection table (validation only), one section per study, the kept hand-written analysis.
-#   bash bench/results_report.sh [STUDY_DIR]      # STUDY_DIR: where the roots are (default /work/study)
+# Regenerates docs/RESULTS.md from the committed record docs/studies (bench/study_archive.py): first
+# the finished runs of the live roots under STUDY_DIR are copied in, then every table is built from the
+# record, so the report regenerates on any checkout. Sections whose runs were never archived (the
+# studies before 2026-12-04) are kept word for word; the hand-written analysis is kept.
+#   bash bench/results_report.sh [STUDY_DIR]      # STUDY_DIR: where the live roots are (default /work/study)
 set -euo pipefail
 S="${1:-/work/study}"
 cd "$(dirname "$0")/.."
-SEL=(
-  "$S/sl_mean_layer_b256" "$S/sl_mean_none_b256" "$S/sl_mean_none_b64" "$S/once_mean_layer_b256" "$S/legacy_release"
-  "$S/sel/guard_current" "$S/guard/ml1m_none" "$S/sel/guard_once" "$S/sel/guard_cls_none" "$S/guard/cls_layer"
-  "$S/guard/b64" "$S/guard/legacy_release"
-  "$S/sel/synth50_layer" "$S/synth50_none" "$S/synth50_legacy"
+A=docs/studies
+# live root[:name in the record]; a root not on this machine leaves its record as it is
+python bench/study_archive.py --from "$S" --into "$A" \
+  sl_mean_none_b256:ml1m_preset synth50:synth50_table1 table1_guard guard/ml1m_none guard/legacy_release
+KEPT=(
+  "Choosing settings (validation only)"
+  "MovieLens-1M, the ml1m preset now (model.feature_norm=none)"
+  "MovieLens-1M, batch 64 (train.batch_size=64)"
+  "MovieLens-1M, defaults of issue 18 (train.rows=sliding, feature_norm=layer)"
+  "MovieLens-1M, the release before issue 10 emulated"
+  "MovieLens-1M, train.rows=once (the 2026-12-01 rows, cap 50)"
+  "Guard sample (400 users): the paper's Table 1, 3 seeds"
+  "synth_medium, epoch cap 50: the paper's Table 1"
 )
-present=()
-for root in "${SEL[@]}"; do [ -d "$root/runs" ] && present+=("$root"); done
-python bench/study_report.py --header bench/results_header.md --out docs/RESULTS.md --selection "${present[@]}" \
-  --section "MovieLens-1M, the ml1m preset now (model.feature_norm=none)=$S/sl_mean_none_b256" \
-  --section "MovieLens-1M, batch 64 (train.batch_size=64)=$S/sl_mean_none_b64" \
-  --section "MovieLens-1M, defaults of issue 18 (train.rows=sliding, feature_norm=layer)=$S/sl_mean_layer_b256" \
-  --section "MovieLens-1M, the release before issue 10 emulated=$S/legacy_release" \
-  --section "MovieLens-1M, train.rows=once (the 2026-12-01 rows, cap 50)=$S/once_mean_layer_b256" \
-  --section "Guard sample (400 users): the paper's Table 1, 3 seeds=$S/table1_guard" \
-  --section "synth_medium, epoch cap 50: the paper's Table 1=$S/synth50"
+args=()
+for name in "${KEPT[@]}"; do args+=(--kept "$name"); done
+SECTIONS=(
+  "MovieLens-1M, the ml1m preset: runs on record=$A/ml1m_preset"
+  "synth_medium, epoch cap 50, the paper's Table 1: runs on record=$A/synth50_table1"
+  "Guard sample (400 users), the paper's Table 1: runs on record=$A/table1_guard"
+)
+for spec in "${SECTIONS[@]}"; do
+  [ -d "${spec##*=}/runs" ] && args+=(--section "$spec")
+done
+python bench/study_report.py --header bench/results_header.md --out docs/RESULTS.md "${args[@]}"

@@ -170,15 +170,39 @@ def section(name: str, root: Path, out_dir: Path) -> str:
         efficiency_table(runs), ""])
 
 
+KEPT_NOTE = ("_Kept as first written: this section's runs were never copied into `docs/studies` and went with "
+             "the machine that ran them; its figures stand as measured then, and `bench/results_report.sh` keeps "
+             "the text as it is._")
+
+
+def kept_section(path: Path, name: str) -> str:
+    """The section ``## name`` of an existing RESULTS.md, word for word, marked as kept."""
+    text = path.read_text() if path.exists() else ""
+    head = f"## {name}\n"
+    if head not in text:
+        raise SystemExit(f"--kept {name!r}: no such section in {path}")
+    body = text.split(head, 1)[1]
+    for end in ("\n## ", "\n" + ANALYSIS_BEGIN):  # up to the next section, or the analysis
+        body = body.split(end, 1)[0]
+    body = body.strip("\n")
+    if not body.startswith(KEPT_NOTE):
+        body = f"{KEPT_NOTE}\n\n{body}"
+    return f"{head}\n{body}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python bench/study_report.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--section", action="append", default=[], metavar="NAME=ROOT", help="a study root and its title")
     p.add_argument("--selection", nargs="*", type=Path, default=[], help="roots of the default-choosing runs")
     p.add_argument("--header", type=Path, help="markdown put before the sections (setup, commands)")
+    p.add_argument("--kept", action="append", default=[], metavar="NAME",
+                   help="a section of the existing --out kept word for word (its runs are not in the record)")
     p.add_argument("--out", type=Path, default=REPO / "docs" / "RESULTS.md")
     args = p.parse_args(argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    kept = [kept_section(args.out, name) for name in args.kept]  # read before the file is rewritten
     parts = [args.header.read_text() if args.header else "# Results\n"]
+    parts += kept
     if args.selection:
         parts += ["## Choosing settings (validation only)", "", selection_table(args.selection)]
     for spec in args.section:

@@ -1,5 +1,5 @@
-"""bench/results_study.py's study record (a root is one setting that later runs add variants and seeds to), and
-bench/baseline_speed.py's command line."""
+"""bench/results_study.py's study record (a root is one setting that later runs add variants and seeds to), its
+committed archive (bench/study_archive.py), kept sections of the report, and bench/baseline_speed.py's command line."""
 
 import json
 import sys
@@ -43,3 +43,62 @@ def test_baseline_speed_takes_overrides_before_or_after_its_variants(capsys):
     with pytest.raises(SystemExit):
         baseline_speed.parse_args(["--variants", "mmlp"])
     assert "unknown variant(s) ['mmlp']" in capsys.readouterr().err
+
+
+def _live_run(root: Path, name: str, history: list[dict]) -> None:
+    run = root / "runs" / name
+    (run / "ray").mkdir(parents=True)
+    (run / "history.json").write_text(json.dumps(history))
+    (run / "config.yaml").write_text("train:\n  max_epochs: 50\n")
+    (run / "ray" / "checkpoint.pt").write_bytes(b"\0" * 64)  # large files stay behind
+
+
+def test_the_archive_keeps_each_finished_runs_small_files_and_merges_the_study(tmp_path):
+    from study_archive import main
+
+    live, record = tmp_path / "live", tmp_path / "record"
+    _live_run(live / "a", "xsmoe_s0", [{"window": 0, "val_ndcg10": 0.1}])
+    record_study(live / "a", _study(["xsmoe"], [0]))
+    (live / "a" / "runs" / "xsmoe_s1").mkdir()  # a run in progress: no history yet
+    assert main(["--from", str(live), "--into", str(record), "a:named", "missing"]) == 0
+    kept = record / "named" / "runs"
+    assert sorted(p.name for p in kept.iterdir()) == ["xsmoe_s0"]
+    assert sorted(p.name for p in (kept / "xsmoe_s0").iterdir()) == ["config.yaml", "history.json"]
+    assert not (record / "missing").exists()
+    # a later session's live root of the same setting adds its runs to the record
+    _live_run(live / "b", "static_s1", [{"window": 0, "val_ndcg10": 0.2}])
+    record_study(live / "b", _study(["static"], [1]))
+    main(["--from", str(live), "--into", str(record), "b:named"])
+    assert sorted(p.name for p in kept.iterdir()) == ["static_s1", "xsmoe_s0"]
+    study = json.loads((record / "named" / "study.json").read_text())
+    assert study["variants"] == ["xsmoe", "static"] and study["seeds"] == [0, 1]
+
+
+def test_the_archive_refuses_a_rerun_under_a_recorded_name(tmp_path):
+    from study_archive import main
+
+    live, record = tmp_path / "live", tmp_path / "record"
+    _live_run(live / "a", "xsmoe_s0", [{"window": 0, "val_ndcg10": 0.1}])
+    record_study(live / "a", _study(["xsmoe"], [0]))
+    main(["--from", str(live), "--into", str(record), "a"])
+    main(["--from", str(live), "--into", str(record), "a"])  # the same run twice is no conflict
+    (live / "a" / "runs" / "xsmoe_s0" / "history.json").write_text(json.dumps([{"window": 0, "val_ndcg10": 0.3}]))
+    with pytest.raises(SystemExit, match="two runs under one name"):
+        main(["--from", str(live), "--into", str(record), "a"])
+    assert json.loads((record / "a" / "runs" / "xsmoe_s0" / "history.json").read_text())[0]["val_ndcg10"] == 0.1
+
+
+def test_a_kept_section_survives_a_rewrite_word_for_word(tmp_path):
+    from study_report import KEPT_NOTE, main
+
+    out = tmp_path / "RESULTS.md"
+    old = ("# Results\n\n## Old study\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n## Other\n\ntext\n\n## Analysis\n\n"
+           "<!-- analysis:begin -->\nmine\n<!-- analysis:end -->\n")
+    out.write_text(old)
+    for _ in range(2):  # kept twice: marked once
+        assert main(["--out", str(out), "--kept", "Old study"]) == 0
+    new = out.read_text()
+    assert new.count(KEPT_NOTE) == 1 and "| 1 | 2 |" in new and "## Other" not in new
+    assert new.split("<!-- analysis:begin -->")[1].startswith("\nmine")
+    with pytest.raises(SystemExit, match="no such section"):
+        main(["--out", str(out), "--kept", "Never written"])
