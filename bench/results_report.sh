@@ -28,6 +28,10 @@ SECTIONS=(
   "synth_medium, epoch cap 50, the paper's Table 1: runs on record=$A/synth50_table1"
   "Guard sample (400 users), the paper's Table 1: runs on record=$A/table1_guard"
 )
+# every root on record, full runs and guard labels alike, in the validation-only table
+SEL=()
+for root in "$A"/ml1m_preset "$A"/guard/* "$A"/synth50_table1; do [ -d "$root/runs" ] && SEL+=("$root"); done
+[ ${#SEL[@]} -gt 0 ] && args+=(--selection-title "Choosing settings, runs on record (validation only)" --selection "${SEL[@]}")
 for spec in "${SECTIONS[@]}"; do
   [ -d "${spec##*=}/runs" ] && args+=(--section "$spec")
 done

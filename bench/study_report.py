@@ -194,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python bench/study_report.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--section", action="append", default=[], metavar="NAME=ROOT", help="a study root and its title")
     p.add_argument("--selection", nargs="*", type=Path, default=[], help="roots of the default-choosing runs")
+    p.add_argument("--selection-title", default="Choosing settings (validation only)",
+                   help="heading of the selection table")
     p.add_argument("--header", type=Path, help="markdown put before the sections (setup, commands)")
     p.add_argument("--kept", action="append", default=[], metavar="NAME",
                    help="a section of the existing --out kept word for word (its runs are not in the record)")
@@ -204,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parts = [args.header.read_text() if args.header else "# Results\n"]
     parts += kept
     if args.selection:
-        parts += ["## Choosing settings (validation only)", "", selection_table(args.selection)]
+        parts += [f"## {args.selection_title}", "", selection_table(args.selection)]
     for spec in args.section:
         name, root = spec.rsplit("=", 1)  # a title may hold "=" (an override), a path does not
         parts.append(section(name, Path(root), args.out.parent))
