@@ -63,8 +63,8 @@ def run_overrides(args) -> list[str]:
 def write_study_json(args) -> None:
     root = label_root(args)
     root.mkdir(parents=True, exist_ok=True)
-    (root / "study.json").write_text(json.dumps(
-        {"config": f"ml1m, {args.users} users", "overrides": list(args.overrides)}))
+    results_study.record_study(root, {"config": f"ml1m, {args.users} users", "overrides": list(args.overrides),
+                                      "variants": list(args.variants), "seeds": list(args.seeds)})
 
 
 def run_one(args, variant: str, seed: int) -> dict:

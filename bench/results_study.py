@@ -114,8 +114,8 @@ def record_study(root: Path, study: dict) -> dict:
         if differ:
             both = "; ".join(f"{k}: {before.get(k)!r} there, {study.get(k)!r} now" for k in differ)
             raise SystemExit(f"{path} records another setting ({both}); use another --root for it")
-        study = {**study, "variants": list(dict.fromkeys([*before.get("variants", []), *study["variants"]])),
-                 "seeds": sorted({*before.get("seeds", []), *study["seeds"]})}
+        study = {**study, "variants": list(dict.fromkeys([*before.get("variants", []), *study.get("variants", [])])),
+                 "seeds": sorted({*before.get("seeds", []), *study.get("seeds", [])})}
     path.write_text(json.dumps(study, indent=1))
     return study
 

@@ -102,3 +102,13 @@ def test_a_kept_section_survives_a_rewrite_word_for_word(tmp_path):
     assert new.split("<!-- analysis:begin -->")[1].startswith("\nmine")
     with pytest.raises(SystemExit, match="no such section"):
         main(["--out", str(out), "--kept", "Never written"])
+
+
+def test_a_record_without_variants_or_seeds_merges(tmp_path):
+    """quality_guard.py wrote study.json with the setting only until 2026-12-04; archiving such a root
+    a second time stopped the report (KeyError)."""
+    (tmp_path / "study.json").write_text(json.dumps({"config": "ml1m, 400 users", "overrides": []}))
+    merged = record_study(tmp_path, {"config": "ml1m, 400 users", "overrides": [], "variants": ["xsmoe"], "seeds": [0]})
+    assert merged["variants"] == ["xsmoe"] and merged["seeds"] == [0]
+    again = record_study(tmp_path, {"config": "ml1m, 400 users", "overrides": []})
+    assert again["variants"] == ["xsmoe"] and again["seeds"] == [0]
