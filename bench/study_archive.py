@@ -12,9 +12,10 @@ A root is named ``LIVE`` (the same name in the record) or ``LIVE:NAME`` (another
 Per run it keeps ``history.json`` (every window's figures), ``wall.json`` (wall time, machine load)
 and ``config.yaml`` (the resolved configuration); per root ``study.json``, merged as
 ``results_study.record_study`` merges it: a root is one setting, so a live root with another preset,
-overrides or knobs than its record stops with both named. A run already in the record is copied
-again only when the live history is the same (the same run archived twice); a rerun under a name
-the record holds (its timings differ even where its figures do not) stops the archive.
+overrides or knobs than its record stops with both named. A run the record already holds is left
+as it is when the live one has the same figures in every window (the same run archived twice, or a
+re-run of its seed, which reproduces it bit for bit but for its timings); other figures under a
+name the record holds stop the archive.
 """
 
 from __future__ import annotations
@@ -34,29 +35,38 @@ KEPT = ("history.json", "wall.json", "config.yaml")
 RECORD = REPO / "docs" / "studies"
 
 
-def _same_history(a: Path, b: Path) -> bool:
-    return json.loads(a.read_text()) == json.loads(b.read_text())
+def _figures(path: Path) -> list[dict]:
+    """A history without its timings: what a re-run of the same seed reproduces bit for bit."""
+    return [{k: v for k, v in window.items() if k != "seconds" and not k.endswith("_s")}
+            for window in json.loads(path.read_text())]
+
+
+def _same_run(a: Path, b: Path) -> bool:
+    return _figures(a) == _figures(b)
 
 
 def archive_root(live: Path, record: Path) -> list[str]:
-    """Copies the finished runs of ``live`` into ``record``; returns the names of the runs copied."""
+    """Copies the finished runs of ``live`` that ``record`` lacks; returns the names of those copied."""
     if not (live / "study.json").exists():
         raise SystemExit(f"{live} has no study.json: not a study root")
     finished = sorted(p.parent for p in (live / "runs").glob("*/history.json"))
+    new = []
     for run in finished:  # every conflict is found before anything is written
         kept = record / "runs" / run.name / "history.json"
-        if kept.exists() and not _same_history(kept, run / "history.json"):
+        if not kept.exists():
+            new.append(run)
+        elif not _same_run(kept, run / "history.json"):
             raise SystemExit(f"{kept} differs from {run / 'history.json'}: two runs under one name; "
                              "move one of them to another root")
     record.mkdir(parents=True, exist_ok=True)
     record_study(record, json.loads((live / "study.json").read_text()))
-    for run in finished:
+    for run in new:
         dst = record / "runs" / run.name
         dst.mkdir(parents=True, exist_ok=True)
         for name in KEPT:
             if (run / name).exists():
                 shutil.copy2(run / name, dst / name)
-    return [run.name for run in finished]
+    return [run.name for run in new]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[archive] {spec}: no live root at {live}, the record kept as it is")
             continue
         runs = archive_root(live, record)
-        print(f"[archive] {spec}: {len(runs)} finished run(s) in {record}")
+        print(f"[archive] {spec}: {len(runs)} new finished run(s) in {record}")
     return 0
 
 

@@ -82,7 +82,11 @@ def test_the_archive_refuses_a_rerun_under_a_recorded_name(tmp_path):
     record_study(live / "a", _study(["xsmoe"], [0]))
     main(["--from", str(live), "--into", str(record), "a"])
     main(["--from", str(live), "--into", str(record), "a"])  # the same run twice is no conflict
-    (live / "a" / "runs" / "xsmoe_s0" / "history.json").write_text(json.dumps([{"window": 0, "val_ndcg10": 0.3}]))
+    rerun = live / "a" / "runs" / "xsmoe_s0" / "history.json"
+    rerun.write_text(json.dumps([{"window": 0, "val_ndcg10": 0.1, "seconds": 9.0, "train_s": 8.0}]))
+    main(["--from", str(live), "--into", str(record), "a"])  # a re-run of the seed: other timings only
+    assert "seconds" not in json.loads((record / "a" / "runs" / "xsmoe_s0" / "history.json").read_text())[0]
+    rerun.write_text(json.dumps([{"window": 0, "val_ndcg10": 0.3}]))
     with pytest.raises(SystemExit, match="two runs under one name"):
         main(["--from", str(live), "--into", str(record), "a"])
     assert json.loads((record / "a" / "runs" / "xsmoe_s0" / "history.json").read_text())[0]["val_ndcg10"] == 0.1
