@@ -1,7 +1,9 @@
 """bench/results_study.py's study record (a root is one setting that later runs add variants and seeds to), its
-committed archive (bench/study_archive.py), kept sections of the report, and bench/baseline_speed.py's command line."""
+committed archive (bench/study_archive.py), kept sections of the report, bench/baseline_speed.py's command line and
+bench/gpu_bundle.sh's modes."""
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -116,3 +118,14 @@ def test_a_record_without_variants_or_seeds_merges(tmp_path):
     assert merged["variants"] == ["xsmoe"] and merged["seeds"] == [0]
     again = record_study(tmp_path, {"config": "ml1m, 400 users", "overrides": []})
     assert again["variants"] == ["xsmoe"] and again["seeds"] == [0]
+
+
+def test_gpu_bundle_names_its_modes_and_stops_on_a_missing_bundle_with_its_log(tmp_path):
+    script = str(Path(__file__).resolve().parents[1] / "bench" / "gpu_bundle.sh")
+    usage = subprocess.run(["bash", script], capture_output=True, text=True)
+    assert usage.returncode == 2 and "gpu_bundle.sh build DIR" in usage.stdout
+    out = tmp_path / "out"
+    run = subprocess.run(["bash", script, "run", str(tmp_path / "no_bundle"), str(out)], capture_output=True, text=True)
+    assert run.returncode == 3  # the unpack step, before anything is imported or started
+    log = (out / "gpu_bundle.log").read_text()
+    assert "[gpu_bundle] unpack" in log and "exit 2" in log and "import" not in log
