@@ -63,13 +63,17 @@ def run_dir(root: Path, variant: str, seed: int) -> Path:
 
 def stream_command(config: str, root: Path, variant: str, seed: int, overrides: list[str]) -> list[str]:
     """One run; synthetic data is written once under ``<root>/data``, a real dataset stays where
-    the preset or a ``--set data.path=...`` puts it."""
+    the preset or a ``--set data.path=...`` puts it. A root default the user overrides is left out,
+    so the logged command names each setting once."""
     from xsmoe_ray.config import load_config
 
-    data = [f"data.path={root / 'data'}"] if load_config(config, overrides).data.format == "synthetic" else []
+    given = {o.split("=", 1)[0] for o in overrides}
+    defaults = {"cache.dir": root / "cache"}
+    if load_config(config, overrides).data.format == "synthetic":
+        defaults = {"data.path": root / "data", **defaults}
+    kept = [f"{k}={v}" for k, v in defaults.items() if k not in given]
     return [sys.executable, "-m", "xsmoe_ray.stream", "--config", config, f"model.variant={variant}",
-            f"run.seed={seed}", *data, f"cache.dir={root / 'cache'}",
-            f"run.out={run_dir(root, variant, seed)}", *overrides]
+            f"run.seed={seed}", *kept, f"run.out={run_dir(root, variant, seed)}", *overrides]
 
 
 def pregenerate(args, root: Path) -> None:

@@ -129,3 +129,13 @@ def test_gpu_bundle_names_its_modes_and_stops_on_a_missing_bundle_with_its_log(t
     assert run.returncode == 3  # the unpack step, before anything is imported or started
     log = (out / "gpu_bundle.log").read_text()
     assert "[gpu_bundle] unpack" in log and "exit 2" in log and "import" not in log
+
+
+def test_a_study_run_names_each_setting_once_when_the_user_overrides_a_root_default(tmp_path):
+    from results_study import stream_command
+
+    plain = stream_command("synth_medium", tmp_path, "xsmoe", 1, [])
+    assert f"data.path={tmp_path / 'data'}" in plain and f"cache.dir={tmp_path / 'cache'}" in plain
+    moved = stream_command("synth_medium", tmp_path, "xsmoe", 1, ["data.path=/elsewhere", "cache.dir=/c"])
+    assert [a for a in moved if a.startswith(("data.path=", "cache.dir="))] == ["data.path=/elsewhere", "cache.dir=/c"]
+    assert f"run.out={tmp_path / 'runs' / 'xsmoe_s1'}" in moved
