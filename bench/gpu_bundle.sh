@@ -18,24 +18,21 @@ typing-inspection tensorboardX msgpack typing_extensions"
 DROP="ray/jars ray/rllib ray/serve ray/llm ray/dashboard/client/build"
 
 build() {
-  local dir=$1 py=${2:-3.12} tmp
+  local dir=$1 py=${2:-3.12}
   tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
   mkdir -p "$dir"
   local pins=("ray==$(python -c 'import ray; print(ray.__version__)')")
   for p in $EXTRA; do
     v=$(python -m pip show "$p" 2>/dev/null | awk '/^Version/{print $2}')  # the versions tested here
     pins+=("$p${v:+==$v}")
   done
-  python -m pip download -q --no-deps --only-binary=:all: --python-version "$py" --implementation cp \
+  # pip installs for the target interpreter and keeps the Ray binaries executable
+  python -m pip install -q --no-deps --only-binary=:all: --python-version "$py" --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    -d "$tmp/wheels" "${pins[@]}" || return 2
-  mkdir -p "$tmp/site"
-  for w in "$tmp"/wheels/*.whl; do python -m zipfile -e "$w" "$tmp/site" || return 2; done
-  (cd "$tmp/site" && rm -rf $DROP && find . -name '*.pyc' -delete)
-  chmod -R u+rwX,go+rX "$tmp/site"
-  chmod +x "$tmp"/site/ray/core/src/ray/gcs/gcs_server "$tmp"/site/ray/core/src/ray/raylet/raylet  # zipfile drops modes
+    --target "$tmp/site" "${pins[@]}" || return 2
+  (cd "$tmp/site" && rm -rf bin $DROP && find . -name '*.pyc' -delete)  # bin: scripts for this machine's python
   tar -C "$tmp/site" -cJf "$dir/site.tar.xz" . || return 2
-  rm -rf "$tmp"
   ls -l "$dir/site.tar.xz"
 }
 
@@ -45,7 +42,9 @@ step() {  # step SECONDS LABEL CMD...: a time limit per step, the log kept under
   echo "[gpu_bundle] $label" | tee -a "$OUT_DIR/gpu_bundle.log"
   timeout "$limit" "$@" 2>&1 | tee -a "$OUT_DIR/gpu_bundle.log"
   local rc=${PIPESTATUS[0]}
-  [ "$rc" = 0 ] || echo "[gpu_bundle] $label: exit $rc (124 = over ${limit}s)" | tee -a "$OUT_DIR/gpu_bundle.log"
+  local why=""
+  [ "$rc" = 124 ] && why=": stopped at its ${limit} s limit"
+  [ "$rc" = 0 ] || echo "[gpu_bundle] $label: exit $rc$why" | tee -a "$OUT_DIR/gpu_bundle.log"
   return "$rc"
 }
 
