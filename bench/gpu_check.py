@@ -3,13 +3,14 @@
     bash bench/gpu_check.sh                 # on a machine with a CUDA GPU, ≤ 8 minutes
     python bench/gpu_check.py --device cpu --quick   # the same code on CPU, small sizes (a dry run)
 
-Checks, each timed on the chosen device:
+Checks, each timed on the chosen device (run in the order 1, 3, 4, 2; gpu_check.json is written
+after each):
 
 1. **encoder**: ``LayerEncoder`` (the cache build's actor class, ``use_gpu``) with a BERT-base-sized
    random text model (``BertConfig()`` sizes, demo vocabulary, written with ``save_pretrained``) over
    40-word texts, batch 64: items/s after one warm-up batch.
 2. **stream**: the demo job ``python -m xsmoe_ray.stream`` with ``train.use_gpu=true``
-   ``cache.use_gpu=true`` (one Train worker, NCCL; ``train.precision=auto`` = fp16 + GradScaler on
+   ``cache.use_gpu=true``, stopped after ``--stream-timeout`` seconds (one Train worker, NCCL; ``train.precision=auto`` = fp16 + GradScaler on
    CUDA): exit status, wall time, AVG NDCG@10 against the popularity row, peak GPU memory per window.
 3. **train_step**: forward + backward + Adam of the XSMoE model at paper sizes (d = 768 text + image,
    d' = 64, M = 2, 10 experts per layer, L = 10, batch 256, 105,542 items) under the same autocast
@@ -76,12 +77,20 @@ def check_encoder(device: torch.device, n: int) -> dict:
     return {"encoder_items": done, "encoder_items_per_s": done / (time.perf_counter() - t0), "batch": batch_size}
 
 
-def check_stream(device: torch.device, out: Path) -> dict:
+def _text(b: bytes | str | None) -> str:
+    return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
+
+
+def check_stream(device: torch.device, out: Path, timeout_s: float) -> dict:
     run_out = out / "demo_run"
     cmd = [sys.executable, "-m", "xsmoe_ray.stream", f"run.out={run_out}",
            f"train.use_gpu={str(device.type == 'cuda').lower()}", f"cache.use_gpu={str(device.type == 'cuda').lower()}"]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired as e:  # a hung job must not cost the figures measured before it
+        (out / "demo_stream.log").write_text(_text(e.stdout) + _text(e.stderr) + f"\n[gpu_check] stopped at {timeout_s} s\n")
+        return {"stream_rc": "timeout", "stream_s": time.perf_counter() - t0}
     wall = time.perf_counter() - t0
     (out / "demo_stream.log").write_text(proc.stdout + proc.stderr)
     result = {"stream_rc": proc.returncode, "stream_s": wall}
@@ -165,13 +174,21 @@ def check_eval(device: torch.device, model, n_items: int, n_cases: int) -> dict:
     return {"eval_cases": n_cases, "eval_table_s": table_s, "eval_cases_per_s": rate, "mm_cases_per_s": mm_rate, "eval_over_mm": rate / mm_rate}
 
 
+def save(out: Path, result: dict) -> None:
+    """After every check: a later check that hangs until the lease ends keeps the earlier figures."""
+    (out / "gpu_check.json").write_text(json.dumps(result, indent=1))
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu for a dry run")
     p.add_argument("--out", default=os.environ.get("OUT") or tempfile.mkdtemp(prefix="gpu_check_"),
                    help="where gpu_check.json, the demo run and its log go (default $OUT or a temp dir)")
     p.add_argument("--quick", action="store_true", help="small sizes (a CPU dry run of the same code)")
-    p.add_argument("--checks", default="encoder,stream,train_step,eval", help="comma list of the checks to run")
+    p.add_argument("--checks", default="encoder,train_step,eval,stream",
+                   help="comma list of the checks to run (run in this order: the demo stream, the likeliest to "
+                        "hang on a new machine, last)")
+    p.add_argument("--stream-timeout", type=float, default=300, help="seconds before the demo stream is stopped")
     args = p.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -186,21 +203,24 @@ def main() -> int:
     if "encoder" in checks:
         result.update(check_encoder(device, 3 * 64 if args.quick else 64 * 64))
         print(f"[gpu_check] encoder: {result['encoder_items_per_s']:.0f} items/s", flush=True)
-    if "stream" in checks:
-        result.update(check_stream(device, out))
-        print(f"[gpu_check] stream: exit {result['stream_rc']} in {result['stream_s']:.0f} s, "
-              f"NDCG@10 {result.get('stream_ndcg10', float('nan')):.2f} (popularity "
-              f"{result.get('stream_pop_ndcg10', float('nan')):.2f})", flush=True)
+        save(out, result)
     if "train_step" in checks or "eval" in checks:
         model = paper_model(device, n_items)
         if "train_step" in checks:
             result.update(check_train_step(device, model, n_items, 3 if args.quick else 50))
             print(f"[gpu_check] train step: {result['step_ms']:.1f} ms, peak {result['step_peak_gb']} GiB", flush=True)
+            save(out, result)
         if "eval" in checks:
             result.update(check_eval(device, model, n_items, 2_048 if args.quick else 65_536))
             print(f"[gpu_check] eval: {result['eval_cases_per_s']:.0f} cases/s "
                   f"({result['eval_over_mm']:.0%} of torch.mm)", flush=True)
-    (out / "gpu_check.json").write_text(json.dumps(result, indent=1))
+            save(out, result)
+    if "stream" in checks:
+        result.update(check_stream(device, out, args.stream_timeout))
+        print(f"[gpu_check] stream: exit {result['stream_rc']} in {result['stream_s']:.0f} s, "
+              f"NDCG@10 {result.get('stream_ndcg10', float('nan')):.2f} (popularity "
+              f"{result.get('stream_pop_ndcg10', float('nan')):.2f})", flush=True)
+    save(out, result)
     keys = ["encoder_items_per_s", "stream_s", "stream_ndcg10", "step_ms", "step_peak_gb", "eval_cases_per_s",
             "eval_over_mm"]
     print(" ".join(f"{k}={result[k]:.3g}" if isinstance(result.get(k), float) else f"{k}={result.get(k)}" for k in keys))
