@@ -5,6 +5,8 @@
 #
 #   bash bench/gpu_bundle.sh build DIR [PY]   # here: DIR/site.tar.xz (~31 MB) for CPython PY (default 3.12)
 #   bash bench/gpu_bundle.sh run DIR [OUT]     # there, in the repo root: unpack, check imports, gpu_check
+#   bash bench/gpu_bundle.sh run DIR OUT CMD... # the same, then CMD (e.g. python bench/hm_scale.py
+#                                               #   --device cuda --no-docs) in place of gpu_check
 #
 # Why a bundle: Ray 2.60's wheel is 79 MB; the Java jars, RLlib, Serve, LLM and the dashboard's web
 # client (none used by the cache, Train or Tune) are dropped and the rest xz-compressed. Beside it go
@@ -49,12 +51,15 @@ step() {  # step SECONDS LABEL CMD...: a time limit per step, the log kept under
 }
 
 run() {
-  local dir=$1 py site bin work
+  local dir=$1 py work
   OUT_DIR=${2:-${OUT:-$(mktemp -d)}}
+  shift $(( $# < 2 ? $# : 2 ))
   mkdir -p "$OUT_DIR"
   py=$(command -v python3)
-  site=$(mktemp -d) bin=$(mktemp -d)  # fresh folders: never write through a link left by an earlier run
-  trap 'rm -rf "$site" "$bin"' EXIT
+  # fresh folders: never write through a link left by an earlier run; global, for the EXIT trap
+  SITE=$(mktemp -d) BIN=$(mktemp -d)
+  trap 'rm -rf "$SITE" "$BIN"' EXIT
+  local site=$SITE bin=$BIN
   step 120 "unpack" tar -C "$site" -xJf "$dir/site.tar.xz" || return 3
   # a wrapper, not a link: a linked venv interpreter outside its venv loses the venv's packages
   printf '#!/bin/sh\nexec %s "$@"\n' "$py" >"$bin/python"
@@ -64,6 +69,10 @@ run() {
     step 120 "import $m" python -c "import $m; print($m.__name__, getattr($m, '__version__', ''), $m.__file__)" || return 4
   done
   step 180 "a Ray task" python -c "import ray; ray.init(num_cpus=1, include_dashboard=False); print('task ->', ray.get(ray.remote(lambda: 1).remote())); ray.shutdown()" || return 5
+  if [ $# -gt 0 ]; then
+    step 540 "$*" "$@"
+    return
+  fi
   work=$(mktemp -d)  # the demo run's many files stay out of OUT: a few named files come back
   step 540 "gpu_check" bash bench/gpu_check.sh "$work"
   local rc=$?

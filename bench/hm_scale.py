@@ -1,6 +1,7 @@
 """Full-H&M scale rehearsal: the real code path at 31.8M interactions and 105k items, stage by stage.
 
     python bench/hm_scale.py [--dir /tmp/xsmoe_hm_scale] [--steps 30] [--eval-cases 0] [--stages ...]
+    python bench/hm_scale.py --device cuda --no-docs   # train and eval stages on one GPU
 
 Each stage runs in a fresh process; this driver samples the resident memory (``/proc``) of that
 process and every process below it (the local Ray's raylet, GCS and Train workers included) every
@@ -66,6 +67,13 @@ def hm_config(d: Path, *extra: str):
 
 
 # ------------------------------------------------------------------------------------------ stages
+
+def sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
 
 def stage_data(d: Path, args) -> dict:
     from prepare_scale import ensure_dataset
@@ -145,8 +153,9 @@ def stage_train(d: Path, args) -> dict:
     from xsmoe_ray.stream import fit, history_of
     from xsmoe_ray.train.data import window_data
 
-    cfg = hm_config(d, "train.num_workers=2", f"train.max_steps={args.steps}", "train.max_epochs=1",
-                    "train.last_window=0")
+    # on CUDA one worker per GPU, as a GPU cluster node runs it (the device machine has one GPU)
+    workers = ["train.num_workers=1", "train.use_gpu=true"] if args.device == "cuda" else ["train.num_workers=2"]
+    cfg = hm_config(d, *workers, f"train.max_steps={args.steps}", "train.max_epochs=1", "train.last_window=0")
     shutil.rmtree(d / "run", ignore_errors=True)  # a fresh window 0, never a resume
     where = run_dir(cfg.run)
     ensure_ray(cfg.run.num_cpus)
@@ -165,7 +174,8 @@ def stage_train(d: Path, args) -> dict:
     return {"fit_s": fit_s, "window_s": row["seconds"], "steps": row["steps"], "train_s": row["train_s"],
             "step_ms": step_ms, "d0_rows": rows[0], "epoch_s_est": step_ms * batches[0] / 1000,
             "mean_epoch_s_est": step_ms * float(np.mean(batches)) / 1000, "rows_per_window": rows,
-            "batch_size": cfg.train.batch_size, "workers": cfg.train.num_workers}
+            "batch_size": cfg.train.batch_size, "workers": cfg.train.num_workers,
+            "peak_gpu_mb": row.get("peak_mem_mb")}
 
 
 def stage_eval(d: Path, args) -> dict:
@@ -183,10 +193,11 @@ def stage_eval(d: Path, args) -> dict:
     stream, n_items = prepared.stream, prepared.n_items
     features = load_grouped(d / "cache", cfg.model.layers_per_group)
     torch.manual_seed(0)
+    device = torch.device(args.device)
     model = new_model(cfg, features)
     model.set_item_features(features)
     model.fit_feature_norm(warm_up_items(stream))
-    model.eval()
+    model.to(device).eval()
     # Every catalogue item as a candidate (105,542), not only those seen by D_9 (fewer after 10-core
     # here): the worst case a real catalogue of this size can reach.
     test = window_data(stream, stream.n_chunks - 2, n_items).test
@@ -196,31 +207,36 @@ def stage_eval(d: Path, args) -> dict:
     if args.eval_cases and args.eval_cases < n_all:
         pick = np.sort(np.random.default_rng(0).choice(n_all, args.eval_cases, replace=False))
         cases = Cases(cases.contexts[pick], cases.targets[pick], cases.candidates)
-    device, batch = torch.device("cpu"), 1024
-    candidates = torch.from_numpy(cases.candidates)
+    batch = 1024
+    candidates = torch.from_numpy(cases.candidates).to(device)
     t0 = time.perf_counter()
     with torch.inference_mode():
         table = model.item_embeddings(candidates, chunk_size=8192).float()
+    sync(device)
     table_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     sums = evaluate_cases(model, cases, device, batch_size=batch)
+    sync(device)
     eval_s = time.perf_counter() - t0 - table_s  # evaluate_cases builds the same table again
     rate = len(cases) / eval_s
     # torch.mm at the same shapes, into a reused buffer (the fastest form of the scoring matmul)
-    users = torch.randn(batch, table.shape[1])
-    out = torch.empty(batch, len(candidates))
+    users = torch.randn(batch, table.shape[1], device=device)
+    out = torch.empty(batch, len(candidates), device=device)
     torch.mm(users, table.T, out=out)
     reps = max(3, min(50, len(cases) // batch))
+    sync(device)
     t0 = time.perf_counter()
     for _ in range(reps):
         torch.mm(users, table.T, out=out)
+    sync(device)
     mm_rate = reps * batch / (time.perf_counter() - t0)
     return {"eval_cases": len(cases), "chunk_cases": n_all, "candidates": len(candidates),
             "seen_candidates": seen_candidates,
             "embed_dim": int(table.shape[1]), "table_s": table_s, "eval_s": eval_s, "eval_cases_per_s": rate,
             "mm_cases_per_s": mm_rate, "eval_over_mm": rate / mm_rate, "eval_s_est": table_s + n_all / rate,
             "ndcg10": sums.ndcg_mean, "score_buffer_gb": batch * len(candidates) * 4 / 2**30,
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "device": str(device),
+            "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None}
 
 
 def stage_flops(d: Path, args) -> dict:
@@ -297,7 +313,7 @@ def _tree_rss(root_pid: int) -> tuple[int, int, dict[int, tuple[int, int, str]]]
 
 def run_stage(name: str, d: Path, args) -> dict:
     cmd = [sys.executable, __file__, "--stage", name, "--dir", str(d), "--steps", str(args.steps),
-           "--eval-cases", str(args.eval_cases)]
+           "--eval-cases", str(args.eval_cases), "--device", args.device]
     out = d / f"stage_{name}.json"
     out.unlink(missing_ok=True)
     t0 = time.perf_counter()
@@ -400,8 +416,13 @@ def main() -> None:
     p.add_argument("--eval-cases", type=int, default=0, help="evaluate a seeded sample of this many cases (0 = all)")
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma list of {','.join(STAGES)}")
     p.add_argument("--no-docs", action="store_true", help="do not update docs/BENCHMARKS.md")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cuda: the train stage on one GPU worker (train.use_gpu), the eval stage on the GPU; "
+                        "docs/BENCHMARKS.md's section is the CPU run's, so use --no-docs")
     p.add_argument("--stage", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.device != "cpu" and not args.no_docs:
+        p.error("--device cuda: the recorded section is the CPU run's; add --no-docs")
     d = Path(args.dir)
     d.mkdir(parents=True, exist_ok=True)
     if args.stage:
