@@ -27,6 +27,7 @@ other study roots (non-default settings) to the same document.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import platform
@@ -112,6 +113,14 @@ def record_study(root: Path, study: dict) -> dict:
     name in every table, so it stops with both settings named.
     """
     path = root / "study.json"
+    # lanes started together on one root: one read-merge-write at a time, and a reader never sees a
+    # half-written file (a second lane once read an empty study.json and stopped)
+    with open(root / ".study.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _merge_study(path, study)
+
+
+def _merge_study(path: Path, study: dict) -> dict:
     if path.exists():
         before = json.loads(path.read_text())
         differ = [k for k in SETTING_KEYS if (before.get(k) or None) != (study.get(k) or None)]
@@ -120,7 +129,9 @@ def record_study(root: Path, study: dict) -> dict:
             raise SystemExit(f"{path} records another setting ({both}); use another --root for it")
         study = {**study, "variants": list(dict.fromkeys([*before.get("variants", []), *study.get("variants", [])])),
                  "seeds": sorted({*before.get("seeds", []), *study.get("seeds", [])})}
-    path.write_text(json.dumps(study, indent=1))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(study, indent=1))
+    os.replace(tmp, path)
     return study
 
 

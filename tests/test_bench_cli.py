@@ -26,6 +26,23 @@ def test_a_second_run_on_a_root_adds_its_variants_and_seeds(tmp_path):
     assert merged["variants"] == ["xsmoe", "static", "noft"] and merged["seeds"] == [0, 1, 2]
 
 
+def _record_many(root: str, lane: int) -> None:
+    for _ in range(25):
+        record_study(Path(root), _study([f"lane{lane}"], [lane]))
+
+
+def test_lanes_started_together_on_one_root_lose_nothing(tmp_path):
+    # four processes read-merge-write the same study.json at once (lanes of one study): no lane may
+    # read a half-written file, and every lane's variant and seed must survive the others' writes
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(4) as pool:
+        for done in [pool.submit(_record_many, str(tmp_path), lane) for lane in range(4)]:
+            done.result()
+    on_disk = json.loads((tmp_path / "study.json").read_text())
+    assert sorted(on_disk["variants"]) == [f"lane{k}" for k in range(4)] and on_disk["seeds"] == [0, 1, 2, 3]
+
+
 @pytest.mark.parametrize("change", [{"overrides": ["data.sample_users=2000"]}, {"config": "synth_medium"},
                                     {"knobs": ["drift=0.5"]}])
 def test_a_run_with_another_setting_on_the_same_root_stops_and_keeps_the_record(tmp_path, change):
