@@ -10,8 +10,8 @@ after each):
    random text model (``BertConfig()`` sizes, demo vocabulary, written with ``save_pretrained``) over
    40-word texts, batch 64: items/s after one warm-up batch.
 2. **stream**: the demo job ``python -m xsmoe_ray.stream`` with ``train.use_gpu=true``
-   ``cache.use_gpu=true``, stopped after ``--stream-timeout`` seconds (one Train worker, NCCL; ``train.precision=auto`` = fp16 + GradScaler on
-   CUDA): exit status, wall time, AVG NDCG@10 against the popularity row, peak GPU memory per window.
+   ``cache.use_gpu=true``, stopped after ``--stream-timeout`` seconds (one Train worker, NCCL;
+   ``train.precision=auto`` = fp16 + GradScaler on CUDA): exit status, wall time, AVG NDCG@10 against the popularity row, peak GPU memory per window.
 3. **train_step**: forward + backward + Adam of the XSMoE model at paper sizes (d = 768 text + image,
    d' = 64, M = 2, 10 experts per layer, L = 10, batch 256, 105,542 items) under the same autocast
    and GradScaler as training: ms per step and peak GPU memory.
@@ -89,7 +89,8 @@ def check_stream(device: torch.device, out: Path, timeout_s: float) -> dict:
     try:
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired as e:  # a hung job must not cost the figures measured before it
-        (out / "demo_stream.log").write_text(_text(e.stdout) + _text(e.stderr) + f"\n[gpu_check] stopped at {timeout_s} s\n")
+        stopped = f"\n[gpu_check] stopped at {timeout_s} s\n"
+        (out / "demo_stream.log").write_text(_text(e.stdout) + _text(e.stderr) + stopped)
         return {"stream_rc": "timeout", "stream_s": time.perf_counter() - t0}
     wall = time.perf_counter() - t0
     (out / "demo_stream.log").write_text(proc.stdout + proc.stderr)
