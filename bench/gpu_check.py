@@ -11,7 +11,8 @@ after each):
    40-word texts, batch 64: items/s after one warm-up batch.
 2. **stream**: the demo job ``python -m xsmoe_ray.stream`` with ``train.use_gpu=true``
    ``cache.use_gpu=true``, stopped after ``--stream-timeout`` seconds (one Train worker, NCCL;
-   ``train.precision=auto`` = fp16 + GradScaler on CUDA): exit status, wall time, AVG NDCG@10 against the popularity row, peak GPU memory per window.
+   ``train.precision=auto`` = fp16 + GradScaler on CUDA): exit status, wall time, AVG NDCG@10
+   against the popularity row, peak GPU memory per window.
 3. **train_step**: forward + backward + Adam of the XSMoE model at paper sizes (d = 768 text + image,
    d' = 64, M = 2, 10 experts per layer, L = 10, batch 256, 105,542 items) under the same autocast
    and GradScaler as training: ms per step and peak GPU memory.
