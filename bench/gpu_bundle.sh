@@ -57,9 +57,8 @@ run() {
   mkdir -p "$OUT_DIR"
   py=$(command -v python3)
   # fresh folders: never write through a link left by an earlier run; global, for the EXIT trap
-  SITE=$(mktemp -d) BIN=$(mktemp -d)
-  trap 'rm -rf "$SITE" "$BIN"' EXIT
-  local site=$SITE bin=$BIN
+  site=$(mktemp -d) bin=$(mktemp -d)
+  trap 'rm -rf "$site" "$bin"' EXIT
   step 120 "unpack" tar -C "$site" -xJf "$dir/site.tar.xz" || return 3
   # a wrapper, not a link: a linked venv interpreter outside its venv loses the venv's packages
   printf '#!/bin/sh\nexec %s "$@"\n' "$py" >"$bin/python"

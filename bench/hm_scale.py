@@ -68,13 +68,6 @@ def hm_config(d: Path, *extra: str):
 
 # ------------------------------------------------------------------------------------------ stages
 
-def sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def stage_data(d: Path, args) -> dict:
     from prepare_scale import ensure_dataset
 
@@ -187,6 +180,8 @@ def stage_eval(d: Path, args) -> dict:
     from xsmoe_ray.train.data import Cases, window_data
     from xsmoe_ray.train.window import evaluate_cases
     from xsmoe_ray.train.worker import new_model, warm_up_items
+
+    from gpu_check import sync  # the same device wait as the GPU check's timings
 
     cfg = hm_config(d)
     prepared = load_prepared(d / "prepared")

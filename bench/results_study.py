@@ -27,7 +27,6 @@ other study roots (non-default settings) to the same document.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import platform
@@ -45,6 +44,7 @@ if str(REPO) not in sys.path:
 
 from xsmoe_ray.config import VARIANTS as ALL_VARIANTS  # noqa: E402
 from xsmoe_ray.report import _png, dedupe_windows, test_rows  # noqa: E402
+from xsmoe_ray.runlock import wait_lock  # noqa: E402
 
 VARIANTS = ALL_VARIANTS  # every model.variant; a study runs DEFAULT_VARIANTS unless told otherwise
 DEFAULT_VARIANTS = ("xsmoe", "static", "noft", "visual", "textual", "iisan_rh", "iisan_kd")
@@ -115,8 +115,7 @@ def record_study(root: Path, study: dict) -> dict:
     path = root / "study.json"
     # lanes started together on one root: one read-merge-write at a time, and a reader never sees a
     # half-written file (a second lane once read an empty study.json and stopped)
-    with open(root / ".study.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with wait_lock(root / ".study.lock"):
         return _merge_study(path, study)
 
 

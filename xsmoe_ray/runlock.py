@@ -1,4 +1,5 @@
-"""One job per run directory: an exclusive lock on ``run.out`` (or a sweep's) for the whole job.
+"""One job per run directory: an exclusive lock on ``run.out`` (or a sweep's) for the whole job;
+and :func:`wait_lock`, the blocking form for short critical sections (a cache build, a study record).
 
 Two jobs writing one run directory would train into the same checkpoint folder and delete each
 other's checkpoints (``num_to_keep``), and which results survive would depend on timing. The lock
@@ -45,6 +46,15 @@ def run_lock(directory: str | Path):
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+@contextmanager
+def wait_lock(path: str | Path):
+    """Hold an exclusive ``flock`` on ``path`` for the ``with`` block, waiting for any other holder
+    (another process doing the same read-modify-write); released by the kernel on any exit."""
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
 
 
 def _holder(path: Path) -> str:

@@ -18,14 +18,12 @@ Each layer's token states are pooled as ``cache.pooling`` says (``cls`` | ``mean
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import shutil
 import signal
 import time
 import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -39,6 +37,7 @@ from xsmoe_ray.cache.layout import (MANIFEST, MANIFEST_TMP_PREFIX, CacheError, C
                                     requested_modalities, reuse_rows, spec_differences, truncated_texts,
                                     write_manifest)
 from xsmoe_ray.cache.load import open_cache
+from xsmoe_ray.runlock import wait_lock
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +247,7 @@ def build_cache(data_dir: str | Path, cache_dir: str | Path, cfg, rebuild: bool 
                          f"has_image={summary.get('has_image')}, backbones {cfg.backbone})")
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with _build_lock(cache_dir):
+    with wait_lock(cache_dir / ".lock"):  # one build per cache directory; a second waits
         old = None if rebuild else _previous(cache_dir)
         specs = {m: full_spec(m, cfg) for m in modalities}
         if old is not None:
@@ -359,17 +358,6 @@ def _commit(cache_dir: Path, manifest: dict[str, Any]) -> None:
         stale_build = path.name.startswith("build-") and path.name != manifest["build_id"]
         if stale_build or path.name.startswith(MANIFEST_TMP_PREFIX):
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-
-
-@contextmanager
-def _build_lock(cache_dir: Path):
-    """One build per cache directory at a time; a second waits rather than interleaving files."""
-    with open(cache_dir / ".lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _maybe_kill(stage: str) -> None:
