@@ -418,6 +418,11 @@ def main() -> None:
     args = p.parse_args()
     if args.device != "cpu" and not args.no_docs and not args.stage:  # a stage process writes no docs
         p.error("--device cuda: the recorded section is the CPU run's; add --no-docs")
+    if args.device == "cuda" and not args.stage:
+        import torch
+
+        if not torch.cuda.is_available():  # else Ray Train would wait for a GPU that never comes
+            p.error("--device cuda: torch sees no CUDA device here")
     d = Path(args.dir)
     d.mkdir(parents=True, exist_ok=True)
     if args.stage:
