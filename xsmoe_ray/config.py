@@ -22,6 +22,7 @@ FORMATS = ("synthetic", "hm", "amazon", "generic", "recbole")
 VARIANTS = ("xsmoe", "static", "noft", "visual", "textual", "iisan_rh", "iisan_kd", "sasrec_id", "sasrec_id_rh",
             "sasrec_id_kd", "mmmlp", "mmmlp_rh", "mmmlp_kd", "gag", "ssrm",
             "lgmrec", "lgmrec_rh", "lgmrec_kd")
+SIDE_VARIANTS = VARIANTS[:7]  # the XSMoE model and its ablations/IISAN rows (model/xsmoe.py); the rest are baselines
 ROW_LAYOUTS = ("sliding", "once", "legacy")  # train/data.py
 
 
@@ -136,6 +137,9 @@ class ModelConfig:
     new_expert_init: str = field(default="mean", metadata={
         "help": "a new expert's weights and router row: 'mean' of the layer's experts (paper) or 'last' (a copy of "
                 "the newest expert, output unchanged at expansion)"})
+    item_ids: bool = field(default=False, metadata={
+        "help": f"add a trainable item-ID embedding to the fused content embedding (one of {SIDE_VARIANTS}; "
+                "an extension beyond the paper, docs/RESULTS.md)"})
 
     def __post_init__(self) -> None:
         _require(self.variant in VARIANTS, f"model.variant must be one of {VARIANTS}, got {self.variant!r}")
@@ -146,6 +150,8 @@ class ModelConfig:
                  f"model.new_expert_init must be 'mean' or 'last', got {self.new_expert_init!r}")
         _require(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
         _require(self.feature_norm in ("none", "layer"), f"model.feature_norm must be 'none' or 'layer', got {self.feature_norm!r}")
+        _require(not self.item_ids or self.variant in SIDE_VARIANTS,
+                 f"model.item_ids is for {SIDE_VARIANTS}; {self.variant!r} has its own item tower")
 
 
 @dataclass(frozen=True)

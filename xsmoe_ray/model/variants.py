@@ -25,9 +25,10 @@ def build_model(variant: str, *, text_dim: int | None, image_dim: int | None, n_
                 embed_dim: int, max_len: int, seq_blocks: int, seq_heads: int, dropout: float,
                 modalities: tuple[str, ...] = ("image", "text"), kd_weight: float = 1.0,
                 feature_norm: str = "none", new_expert_share: float = 0.0, new_expert_init: str = "mean",
-                n_item_rows: int | None = None, n_user_rows: int | None = None) -> StreamModel:
+                n_item_rows: int | None = None, n_user_rows: int | None = None, item_ids: bool = False) -> StreamModel:
     """The model of ``variant``; ID models need ``n_item_rows`` (items + 1), models with a user table
-    ``n_user_rows`` (users + 1), content models the dims."""
+    ``n_user_rows`` (users + 1), content models the dims; ``item_ids``: XSMoE's ID table (needs
+    ``n_item_rows`` too)."""
     if variant not in MODEL_CLASSES:
         raise ValueError(f"unknown variant {variant!r}; variants: {sorted(MODEL_CLASSES)}")
     cls = MODEL_CLASSES[variant]
@@ -56,7 +57,8 @@ def build_model(variant: str, *, text_dim: int | None, image_dim: int | None, n_
     return build_xsmoe(variant, text_dim=text_dim, image_dim=image_dim, n_groups=n_groups, d_prime=d_prime,
                        embed_dim=embed_dim, max_len=max_len, seq_blocks=seq_blocks, seq_heads=seq_heads,
                        dropout=dropout, modalities=modalities, kd_weight=kd_weight, feature_norm=feature_norm,
-                       new_expert_share=new_expert_share, new_expert_init=new_expert_init)
+                       new_expert_share=new_expert_share, new_expert_init=new_expert_init, item_ids=item_ids,
+                       n_item_rows=n_item_rows or 0)
 
 
 def model_from_structure(structure: dict) -> StreamModel:

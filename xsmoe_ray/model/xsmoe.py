@@ -15,6 +15,13 @@ Variants (paper Tables 2-3 and DESIGN.md §5) are rows of :data:`VARIANTS`, pick
 :func:`build_xsmoe` (every variant, baselines included: ``variants.build_model``). ``model.structure()`` is a plain dict from which :meth:`XSMoE.from_structure`
 rebuilds the architecture (experts per layer, which are frozen) before ``load_state_dict``.
 
+``item_ids=True`` (``model.item_ids``, an extension beyond the paper, off by default) adds a trainable
+item-ID row to every item's fused embedding, ``e = FC([e^v; e^t]) + E[i]``, the ID half of what MMMLP
+scores with (its ID stream beat every content-only row on MovieLens-1M, docs/RESULTS.md). The table
+is trained in every window (it neither expands nor freezes), follows ``baselines/id_table.py``'s rule
+for ids never trained (an item first seen in a test chunk keeps its small random row, so content
+alone scores it) and grows with the catalogue.
+
 Departures from the paper, all open points it leaves: experts, routers and the fusion layer have
 biases; a new router row starts as the mean of the expert rows; utilization (Eq. 5) is the
 experts' shares as the equation is written (DESIGN.md) and is averaged over the unique items the side network
@@ -33,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import SequentialModel
+from .baselines.id_table import IdTable, match_catalogue
 from .feature_norm import LayerStandardizer
 from .side_moe import SideNetwork
 
@@ -65,8 +73,11 @@ class XSMoE(SequentialModel):
 
     def __init__(self, *, variant: str, dims: dict[str, int], n_groups: int, d_prime: int, embed_dim: int,
                  max_len: int, seq_blocks: int, seq_heads: int, dropout: float, kd_weight: float = 1.0,
-                 feature_norm: str = "none", new_expert_share: float = 0.0, new_expert_init: str = "mean") -> None:
+                 feature_norm: str = "none", new_expert_share: float = 0.0, new_expert_init: str = "mean",
+                 item_ids: bool = False, n_item_rows: int = 0) -> None:
         super().__init__()
+        if item_ids and n_item_rows < 1:
+            raise ValueError("item_ids needs n_item_rows (the number of items + 1)")
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; variants: {sorted(VARIANTS)}")
         if not dims or set(dims) - set(MODALITIES):
@@ -79,12 +90,15 @@ class XSMoE(SequentialModel):
                          d_prime=d_prime, embed_dim=embed_dim, max_len=max_len, seq_blocks=seq_blocks,
                          seq_heads=seq_heads, dropout=dropout, kd_weight=kd_weight, feature_norm=feature_norm,
                          new_expert_share=new_expert_share, new_expert_init=new_expert_init)
+        if item_ids:  # only then, so the structure of a model without the table stays as it was
+            self.args.update(item_ids=True, n_item_rows=int(n_item_rows))
         self.n_groups = n_groups
         self.sides = nn.ModuleDict(
             {m: SideNetwork(dims[m], d_prime, n_groups) for m in self.modalities} if self.spec.side else {})
         self.norms = nn.ModuleDict(
             {m: LayerStandardizer(n_groups + 1, dims[m]) for m in self.modalities} if feature_norm == "layer" else {})
         self.fusion = nn.Linear(sum(dims[m] for m in self.modalities), embed_dim)
+        self.item_table = IdTable(n_item_rows, embed_dim, std=0.02) if item_ids else None  # as SASRec-ID/MMMLP
         self._init_user_tower(embed_dim=embed_dim, max_len=max_len, seq_blocks=seq_blocks, seq_heads=seq_heads,
                               dropout=dropout, distill=self.spec.distill, kd_weight=kd_weight)
         for m in self.modalities:
@@ -110,6 +124,8 @@ class XSMoE(SequentialModel):
             if t.dim() != 3 or tuple(t.shape[1:]) != want:
                 raise ValueError(f"{m} features must be [n_items+1, {want[0]}, {want[1]}], got {tuple(t.shape)}")
             setattr(self, f"features_{m}", t.to(self.fusion.weight.device))
+        if self.item_table is not None:
+            match_catalogue(self, {m: features[m] for m in self.modalities})
 
     def fit_feature_norm(self, item_ids: torch.Tensor) -> None:
         """Fix the per-layer standardisation (``feature_norm='layer'``) from the cached states of
@@ -148,7 +164,7 @@ class XSMoE(SequentialModel):
             w = self.fusion.weight[:, start:start + e.shape[1]]  # [D, d]
             out = F.linear(e, w, self.fusion.bias) if out is None else out + F.linear(e, w)
             start += e.shape[1]
-        return out  # [n, D]
+        return out if self.item_table is None else out + self.item_table(item_ids)  # [n, D]
 
     @property
     def n_item_rows(self) -> int:
@@ -157,9 +173,10 @@ class XSMoE(SequentialModel):
 
     # ---- structure: expansion, teacher, pruning ------------------------------------------------
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """Newest experts + routers (by structure), fusion FC, sequence encoder."""
+        """Newest experts + routers (by structure), fusion FC, sequence encoder, the ID table if any."""
         params = [p for side in self.sides.values() for p in side.trainable_parameters()]
-        return params + list(self.fusion.parameters()) + list(self.encoder.parameters())
+        ids = list(self.item_table.parameters()) if self.item_table is not None else []
+        return params + list(self.fusion.parameters()) + list(self.encoder.parameters()) + ids
 
     def mark_trainable(self) -> None:
         self.requires_grad_(False)
@@ -234,7 +251,8 @@ class XSMoE(SequentialModel):
 
     def parameter_parts(self) -> dict[str, nn.Module]:
         parts: dict[str, nn.Module] = {f"side_{m}": side for m, side in self.sides.items()}
-        return {**parts, "fusion": self.fusion, "encoder": self.encoder}
+        ids = {"item_table": self.item_table} if self.item_table is not None else {}
+        return {**parts, "fusion": self.fusion, "encoder": self.encoder, **ids}
 
     def structure(self) -> dict:
         """Constructor arguments plus, per modality and layer, one frozen flag per expert (plain types)."""
@@ -254,7 +272,8 @@ class XSMoE(SequentialModel):
 def build_xsmoe(variant: str, *, text_dim: int | None, image_dim: int | None, n_groups: int, d_prime: int,
                 embed_dim: int, max_len: int, seq_blocks: int, seq_heads: int, dropout: float,
                 modalities: tuple[str, ...] = ("image", "text"), kd_weight: float = 1.0,
-                feature_norm: str = "none", new_expert_share: float = 0.0, new_expert_init: str = "mean") -> XSMoE:
+                feature_norm: str = "none", new_expert_share: float = 0.0, new_expert_init: str = "mean",
+                item_ids: bool = False, n_item_rows: int = 0) -> XSMoE:
     """The model of a variant over the modalities the dataset has (``modalities``).
 
     Single-modality variants need their modality; every other variant uses all available ones
@@ -277,4 +296,5 @@ def build_xsmoe(variant: str, *, text_dim: int | None, image_dim: int | None, n_
     return XSMoE(variant=variant, dims={m: int(sizes[m]) for m in used}, n_groups=n_groups, d_prime=d_prime,
                  embed_dim=embed_dim, max_len=max_len, seq_blocks=seq_blocks, seq_heads=seq_heads,
                  dropout=dropout, kd_weight=kd_weight, feature_norm=feature_norm,
-                 new_expert_share=new_expert_share, new_expert_init=new_expert_init)
+                 new_expert_share=new_expert_share, new_expert_init=new_expert_init, item_ids=item_ids,
+                 n_item_rows=n_item_rows)
