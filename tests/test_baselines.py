@@ -24,13 +24,13 @@ FEATURES = {"text": torch.randn(N_ITEMS + 1, 2, 3, generator=torch.Generator().m
 LOG_POP = torch.log(torch.full((N_ITEMS + 1,), 1.0 / N_ITEMS))
 
 
-def make(variant: str, seed: int = 0, dropout: float = 0.0):
+def make(variant: str, seed: int = 0, dropout: float = 0.0, **extra):
     """A tiny model of ``variant``; two modalities (LGMRec's contrastive term needs both); LGMRec gets
-    the graph of the test batches' rows."""
+    the graph of the test batches' rows. ``extra``: more ``build_model`` arguments."""
     torch.manual_seed(seed)
     model = build_model(variant, text_dim=3, image_dim=4, n_groups=1, d_prime=2, embed_dim=D, max_len=L,
                         seq_blocks=1, seq_heads=2, dropout=dropout, modalities=("image", "text"), kd_weight=0.5,
-                        n_item_rows=N_ITEMS + 1, n_user_rows=N_USERS + 1)
+                        n_item_rows=N_ITEMS + 1, n_user_rows=N_USERS + 1, **extra)
     model.set_item_features(FEATURES)
     model.set_window_rows(np.concatenate([rows_of(batch(0)), rows_of(batch(1))]))
     return model
@@ -192,13 +192,14 @@ def test_the_item_table_is_the_whole_model_report():
     assert buf.tell() > 0
 
 
-def _variant_on_two_ranks(variant: str, rank: int) -> str:
+def _variant_on_two_ranks(variant: str, rank: int, **extra) -> str:
     """Three DDP steps per window over two windows, each rank on its half of every batch (replay mixed
-    in for _rh, a teacher for _kd), then the parameter hash compared across ranks. Its own function so
-    that the DDP wrappers, which hold the process group, are gone when it returns."""
+    in for _rh, a teacher for _kd, an expansion for xsmoe), then the parameter hash compared across
+    ranks. Its own function so that the DDP wrappers, which hold the process group, are gone when it
+    returns. ``extra``: more ``build_model`` arguments."""
     from xsmoe_ray.train.sync import check_same_across_ranks, parameter_hash
 
-    model = make(variant, dropout=0.1)
+    model = make(variant, dropout=0.1, **extra)
     replay = ReservoirBuffer(16, seed=0) if model.replay else None
     try:
         for window in range(2):

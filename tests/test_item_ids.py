@@ -11,19 +11,15 @@ import pytest
 import torch
 
 from xsmoe_ray.config import ConfigError, load_config
-from xsmoe_ray.model import build_model, model_from_structure
+from xsmoe_ray.model import model_from_structure
 from xsmoe_ray.train.checkpoint import WindowState, load_state, save_state
 
-from .test_baselines import FEATURES, LOG_POP, N_ITEMS, batch, steps
+from .test_baselines import FEATURES, N_ITEMS, _variant_on_two_ranks, batch, steps
+from .test_baselines import make as make_model
 
 
-def make(variant: str = "xsmoe", item_ids: bool = True, seed: int = 0, dropout: float = 0.0):
-    torch.manual_seed(seed)
-    model = build_model(variant, text_dim=3, image_dim=4, n_groups=1, d_prime=2, embed_dim=16, max_len=5,
-                        seq_blocks=1, seq_heads=2, dropout=dropout, modalities=("image", "text"),
-                        n_item_rows=N_ITEMS + 1, item_ids=item_ids)
-    model.set_item_features(FEATURES)
-    return model
+def make(variant: str = "xsmoe", item_ids: bool = True, dropout: float = 0.0):
+    return make_model(variant, dropout=dropout, item_ids=item_ids)
 
 
 def test_the_id_row_is_added_to_the_content_embedding():
@@ -76,30 +72,10 @@ def test_checkpoint_round_trip_exact_resume_and_a_growing_catalogue(tmp_path):
 
 
 def _ids_on_two_ranks(rank: int, port: int, out: str) -> None:
-    """Two windows (an expansion between them) of DDP steps, each rank on its half of every batch."""
-    from xsmoe_ray.train.sync import check_same_across_ranks, parameter_hash
-
     from .test_sync import join_group, leave_group
 
     join_group(rank, 2, port)
-    model, verdict = make(dropout=0.1), "ok"
-    try:
-        for window in range(2):
-            if window:
-                model.begin_window()
-            ddp = torch.nn.parallel.DistributedDataParallel(model)
-            opt = torch.optim.Adam(model.trainable_parameters(), lr=1e-2)
-            for step in range(3):
-                rows = batch(10 * window + step, B=16)[rank::2]
-                torch.manual_seed(100 * window + step + rank)
-                loss, _ = ddp(rows, LOG_POP, None, None)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            del ddp
-        check_same_across_ranks(parameter_hash(model))
-    except Exception as e:  # noqa: BLE001 - reported to the parent
-        verdict = f"{type(e).__name__}: {e}"
+    verdict = _variant_on_two_ranks("xsmoe", rank, item_ids=True)
     with open(f"{out}.{rank}", "w") as f:
         f.write(verdict)
     leave_group()
