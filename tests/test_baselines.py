@@ -1,6 +1,7 @@
 """Baselines that are not XSMoE variants (issue 19): shapes, causality, overfitting one batch,
 checkpoint round trip and exact resume, the id rule for new items, the reservoir's uniformity,
-GAG's session graphs and update sets, two DDP ranks staying identical, and runs on Ray Train."""
+GAG's session graphs and update sets, two DDP ranks staying identical, and runs on Ray Train; the
+round trip covers XSMoE's own item-ID table too (model.item_ids, tests/test_item_ids.py)."""
 
 from __future__ import annotations
 
