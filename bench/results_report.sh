@@ -11,7 +11,7 @@ A=docs/studies
 # live root[:name in the record]; a root not on this machine leaves its record as it is
 python bench/study_archive.py --from "$S" --into "$A" \
   sl_mean_none_b256:ml1m_preset synth50:synth50_table1 synth50_legacy synth50_none table1_guard guard/ml1m_none \
-  guard/legacy_release guard/tau15_none guard/tau15_layer guard/item_ids
+  guard/legacy_release guard/tau15_none guard/item_ids ml1m_item_ids
 KEPT=(
   "Choosing settings (validation only)"
   "MovieLens-1M, the ml1m preset now (model.feature_norm=none)"
@@ -29,11 +29,12 @@ SECTIONS=(
   "synth_medium, epoch cap 50, the paper's Table 1: runs on record=$A/synth50_table1"
   "synth_medium, the release before issue 10 emulated: runs on record=$A/synth50_legacy"
   "synth_medium, raw states (model.feature_norm=none): runs on record=$A/synth50_none"
+  "MovieLens-1M, an item-ID table beside the content embedding (model.item_ids): runs on record=$A/ml1m_item_ids"
   "Guard sample (400 users), the paper's Table 1: runs on record=$A/table1_guard"
 )
 # every root on record, full runs and guard labels alike, in the validation-only table
 SEL=()
-for root in "$A"/ml1m_preset "$A"/guard/* "$A"/synth50_table1 "$A"/synth50_legacy "$A"/synth50_none; do [ -d "$root/runs" ] && SEL+=("$root"); done
+for root in "$A"/ml1m_preset "$A"/ml1m_item_ids "$A"/guard/* "$A"/synth50_table1 "$A"/synth50_legacy "$A"/synth50_none; do [ -d "$root/runs" ] && SEL+=("$root"); done
 [ ${#SEL[@]} -gt 0 ] && args+=(--selection-title "Choosing settings, runs on record (validation only)" --selection "${SEL[@]}")
 for spec in "${SECTIONS[@]}"; do
   [ -d "${spec##*=}/runs" ] && args+=(--section "$spec")
