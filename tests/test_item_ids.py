@@ -80,7 +80,11 @@ def test_two_ddp_ranks_stay_identical(tmp_path):
 
 
 def test_config_wires_the_table_and_refuses_it_for_models_with_their_own_item_tower():
+    from xsmoe_ray.config import SIDE_VARIANTS
+    from xsmoe_ray.model.xsmoe import VARIANTS
     from xsmoe_ray.train.worker import new_model
+
+    assert set(SIDE_VARIANTS) == set(VARIANTS)
 
     cfg = load_config("demo", ["model.item_ids=true"])
     model = new_model(cfg, FEATURES)

@@ -19,10 +19,9 @@ from typing import Any
 import yaml
 
 FORMATS = ("synthetic", "hm", "amazon", "generic", "recbole")
-VARIANTS = ("xsmoe", "static", "noft", "visual", "textual", "iisan_rh", "iisan_kd", "sasrec_id", "sasrec_id_rh",
-            "sasrec_id_kd", "mmmlp", "mmmlp_rh", "mmmlp_kd", "gag", "ssrm",
-            "lgmrec", "lgmrec_rh", "lgmrec_kd")
-SIDE_VARIANTS = VARIANTS[:7]  # the XSMoE model and its ablations/IISAN rows (model/xsmoe.py); the rest are baselines
+SIDE_VARIANTS = ("xsmoe", "static", "noft", "visual", "textual", "iisan_rh", "iisan_kd")  # model/xsmoe.py
+VARIANTS = SIDE_VARIANTS + ("sasrec_id", "sasrec_id_rh", "sasrec_id_kd", "mmmlp", "mmmlp_rh", "mmmlp_kd", "gag",
+                            "ssrm", "lgmrec", "lgmrec_rh", "lgmrec_kd")  # the rest: model/baselines/
 ROW_LAYOUTS = ("sliding", "once", "legacy")  # train/data.py
 
 
