@@ -105,6 +105,6 @@ def test_cpu_presets_train_to_patience_five_under_an_epoch_cap(preset, cap, norm
 def test_real_data_presets_read_raw_states_as_chosen_on_real_validation_windows(preset):
     """The global default follows the one real-data measurement (MovieLens-1M: raw mean-pooled states
     beat per-layer standardisation in every validation window); the synthetic presets pin 'layer',
-    the winner on theirs (docs/RESULTS.md, analysis 2)."""
+    the winner on theirs (docs/RESULTS.md, analysis 2 and 8)."""
     assert ExperimentConfig().model.feature_norm == "none"
     assert load_config(preset).model.feature_norm == "none"
