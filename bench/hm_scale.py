@@ -165,6 +165,7 @@ def stage_train(d: Path, args) -> dict:
     step_ms = 1000 * row["train_s"] / row["steps"]
     batches = [math.ceil(r / cfg.train.batch_size) for r in rows]
     return {"fit_s": fit_s, "window_s": row["seconds"], "steps": row["steps"], "train_s": row["train_s"],
+            "val_s": row.get("val_s"), "util_s": row.get("util_s"),
             "step_ms": step_ms, "d0_rows": rows[0], "epoch_s_est": step_ms * batches[0] / 1000,
             "mean_epoch_s_est": step_ms * float(np.mean(batches)) / 1000, "rows_per_window": rows,
             "batch_size": cfg.train.batch_size, "workers": cfg.train.num_workers,
@@ -371,7 +372,8 @@ def record(r: dict, command: str, total_s: float) -> None:
         f"| load | `load_grouped`, 6+6 grouping: {g('load', 'grouped_bytes', '{:,}')} B per worker | "
         f"{g('load', 'load_grouped_s')} s | {g('load', 'peak_rss_gb', '{:.2f}')} |",
         f"| train | window 0 on Ray Train, 2 workers, {g('train', 'steps', '{:d}')} steps of batch "
-        f"{g('train', 'batch_size', '{:d}')}, then val + utilization pass; whole `fit` {g('train', 'fit_s')} s, "
+        f"{g('train', 'batch_size', '{:d}')}, then val ({g('train', 'val_s')} s) + utilization pass "
+        f"({g('train', 'util_s')} s); whole `fit` {g('train', 'fit_s')} s, "
         f"window {g('train', 'window_s')} s | {g('train', 'step_ms')} ms/step | {g('train', 'peak_rss_gb', '{:.2f}')} |",
         f"| eval | D_9: {g('eval', 'eval_cases', '{:,}')} of {g('eval', 'chunk_cases', '{:,}')} cases × "
         f"{g('eval', 'candidates', '{:,}')} candidates, item table {g('eval', 'table_s')} s | "

@@ -5,7 +5,8 @@ import pytest
 
 from tests.test_streaming import make_dataset
 from xsmoe_ray.streaming import build_stream
-from xsmoe_ray.train.data import epoch_batches, log_popularity, split_rows, training_rows, window_data
+from xsmoe_ray.train.data import (batch_occurrences, epoch_batches, log_popularity, split_rows, training_rows,
+                                  window_data)
 
 
 def loss_positions(stream, rows):
@@ -126,6 +127,16 @@ def test_ranks_split_each_global_batch_and_get_equal_step_counts():
     b = epoch_batches(20, 4, seed=0, epoch=2)
     assert not all(np.array_equal(x, y) for x, y in zip(a, b))
     assert all(np.array_equal(x, y) for x, y in zip(a, epoch_batches(20, 4, seed=0, epoch=1)))
+
+
+def test_batch_occurrences_count_the_batches_each_item_is_in_once_per_batch():
+    # rows are [L+1 items | first | user]; padding 0 never counts, a repeat within a batch counts once
+    rows = np.array([[0, 3, 5, 1, 7], [3, 3, 4, 1, 8], [0, 0, 5, 2, 9], [6, 4, 5, 1, 7]])
+    ids, counts = batch_occurrences(rows, [np.array([0, 1]), np.array([2]), np.array([3, 0])])
+    assert ids.tolist() == [3, 4, 5, 6]
+    assert counts.tolist() == [2, 2, 3, 1]  # 3: batches 0 and 2; 4: 0, 2; 5: 0, 1, 2; 6: 2
+    empty_ids, empty_counts = batch_occurrences(rows, [])
+    assert len(empty_ids) == 0 and len(empty_counts) == 0
 
 
 def test_test_cases_mark_targets_first_seen_in_the_test_chunk_as_cold():

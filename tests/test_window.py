@@ -7,7 +7,8 @@ from tests.test_streaming import make_dataset
 from xsmoe_ray.config import TrainConfig
 from xsmoe_ray.model import build_model
 from xsmoe_ray.streaming import build_stream
-from xsmoe_ray.train.data import chunk_counts, window_data
+from xsmoe_ray.model.loss import batch_candidates
+from xsmoe_ray.train.data import chunk_counts, epoch_batches, split_rows, window_data
 from xsmoe_ray.train.window import (autocast_for, evaluate_popularity, track_utilization, train_window,
                                     uses_grad_scaler)
 
@@ -58,6 +59,47 @@ def test_pruning_statistics_describe_the_restored_best_weights():
     track_utilization(m, torch.from_numpy(data.train_rows), cfg.batch_size, torch.device("cpu"), 0, 1)
     last = m.utilization_sums()
     assert not all(torch.allclose(kept[k], last[k]) for k in kept if k.endswith(".sum"))
+
+
+def per_batch_sums(m, rows, batch_size, rank=0, world=1):
+    """The utilization pass as training sees it: the item tower over each batch's unique items."""
+    m.reset_utilization()
+    m.set_utilization_tracking(True)
+    m.train()
+    with torch.no_grad():
+        for idx in epoch_batches(len(rows), batch_size, seed=0, epoch=0, rank=rank, world=world):
+            m.item_embeddings(batch_candidates(split_rows(rows[idx])[0])[0])
+    m.set_utilization_tracking(False)
+    return {k: v.clone() for k, v in m.utilization_sums().items()}, m.router_weights()
+
+
+def test_utilization_pass_runs_each_item_once_and_gives_the_per_batch_sums():
+    s, m = setup()
+    for _ in range(2):  # three experts per layer, made to differ so every share is its own
+        m.begin_window()
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(0.3 * torch.randn_like(p))
+    rows = torch.from_numpy(window_data(s, 1, N_ITEMS).train_rows)
+    cpu = torch.device("cpu")
+    for rank, world in [(0, 1), (0, 2), (1, 2)]:
+        want, want_router = per_batch_sums(m, rows, 7, rank, world)
+        calls = []
+        real = m.item_embeddings
+        m.item_embeddings = lambda ids, chunk_size=None: calls.append(len(ids)) or real(ids, chunk_size)
+        try:  # small chunks: several weighted tower calls
+            track_utilization(m, rows, 7, cpu, rank, world, chunk=5)
+        finally:
+            del m.item_embeddings
+        got = m.utilization_sums()
+        assert set(got) == set(want)
+        for k in want:
+            torch.testing.assert_close(got[k], want[k], rtol=1e-6, atol=1e-9)
+        torch.testing.assert_close(torch.tensor(m.router_weights()["text"]), torch.tensor(want_router["text"]))
+        batches = epoch_batches(len(rows), 7, seed=0, epoch=0, rank=rank, world=world)
+        distinct = np.unique(split_rows(rows.numpy()[np.concatenate(batches)])[0])
+        assert sum(calls) == len(distinct[distinct > 0]) and max(calls) <= 5  # each item once
+        assert float(want["text.0.count"]) > sum(calls)  # items recur across batches: counts weigh them
 
 
 def test_cpu_default_precision_is_float32_and_half_is_bf16():

@@ -78,7 +78,9 @@ class StreamModel(nn.Module, ABC):
         """Called at the start of every window after the warm-up; True when the structure grew."""
         return False
 
-    def set_utilization_tracking(self, on: bool) -> None:
+    def set_utilization_tracking(self, on: bool, weights: torch.Tensor | None = None) -> None:
+        """Collect utilization sums in training-mode item-tower calls while ``on``; ``weights`` [n] count
+        each item of the next calls that many times (None: once)."""
         pass
 
     def reset_utilization(self) -> None:

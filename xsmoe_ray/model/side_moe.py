@@ -30,6 +30,7 @@ expert shares (with 9 experts the mean share is 0.11). The backbone's share ``al
 beside it (router weights), not mixed into the score. The score
 is accumulated per sample (here: per unique item of a batch) as a plain sum of ratios and a count,
 only in training mode while ``track_utilization`` is on, so batches and ranks merge by addition.
+``track_weights`` counts a sample several times (an item that occurs in several batches is run once).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class SideLayer(nn.Module):
         self.frozen = [False] * n_experts  # structure: which experts are frozen
         self.router = Router(d, n_experts)
         self.track_utilization = False
+        self.track_weights: torch.Tensor | None = None  # [n] times each sample of the next forward counts
         self._frozen_cache: tuple | None = None  # (key, concatenated frozen weights), see _weights
         self.reset_utilization()
 
@@ -122,9 +124,15 @@ class SideLayer(nn.Module):
         if self._util_sum.device != ratios.device:
             self._util_sum, self._util_count, self._alpha_sum = (
                 t.to(ratios.device) for t in (self._util_sum, self._util_count, self._alpha_sum))
-        self._util_sum += ratios.sum(0).double()
-        self._util_count += ratios.shape[0]
-        self._alpha_sum += alpha.float().sum(0).double()
+        weights = self.track_weights
+        if weights is None:
+            weights = torch.ones(h.shape[0], dtype=torch.float64, device=h.device)
+        elif weights.shape != (h.shape[0],):
+            raise ValueError(f"track_weights must be [{h.shape[0]}] (one per sample), got {tuple(weights.shape)}")
+        weights = weights.to(device=ratios.device, dtype=torch.float64)
+        self._util_sum += weights @ ratios.double()
+        self._util_count += weights.sum()
+        self._alpha_sum += weights @ alpha.double()
 
     # ---- utilization ---------------------------------------------------------------------------
     def reset_utilization(self) -> None:

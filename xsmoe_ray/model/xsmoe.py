@@ -18,7 +18,7 @@ rebuilds the architecture (experts per layer, which are frozen) before ``load_st
 ``item_ids=True`` (``model.item_ids``, an extension beyond the paper, off by default) adds a trainable
 item-ID row to every item's fused embedding, ``e = FC([e^v; e^t]) + E[i]``, the ID half of what MMMLP
 scores with (its ID stream beat every content-only row on MovieLens-1M, docs/RESULTS.md). The table
-is trained in every window (it neither expands nor freezes), follows ``baselines/id_table.py``'s rule
+is trained in every window (it neither expands nor freezes), follows ``id_table.py``'s rule
 for ids never trained (an item first seen in a test chunk keeps its small random row, so content
 alone scores it) and grows with the catalogue.
 
@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import SequentialModel
-from .baselines.id_table import IdTable, match_catalogue
+from .id_table import IdTable, match_catalogue
 from .feature_norm import LayerStandardizer
 from .side_moe import SideNetwork
 
@@ -198,10 +198,10 @@ class XSMoE(SequentialModel):
         super().begin_window()
         return expanded
 
-    def set_utilization_tracking(self, on: bool) -> None:
+    def set_utilization_tracking(self, on: bool, weights: torch.Tensor | None = None) -> None:
         for side in self.sides.values():
             for layer in side.layers:
-                layer.track_utilization = on
+                layer.track_utilization, layer.track_weights = on, weights if on else None
 
     def reset_utilization(self) -> None:
         for side in self.sides.values():

@@ -175,6 +175,7 @@ def run_one_window(cfg: ExperimentConfig, raw: StreamModel, stream, n_items: int
         "pop_warm_ndcg10": popular.warm.ndcg_mean if popular else None,
         "val_ndcg10": result.best_val_ndcg, "epochs": result.epochs, "seconds": result.seconds,
         "steps": result.steps, "train_s": result.train_seconds, "val_s": result.val_seconds,
+        "util_s": result.utilization_seconds,
         "experts": raw.experts_per_layer(), "pruned": {m: {str(k): v for k, v in d.items()} for m, d in removed.items()},
         "mp_mb": params["total_mb"], "trp_mb": params["trainable_mb"],
         "utilization": utilization, "router": router,

@@ -44,7 +44,7 @@ from torch import nn
 from ..base import SequentialModel
 from ..loss import batch_candidates
 from .frozen_features import LastLayerFeatures
-from .id_table import IdTable, match_catalogue
+from ..id_table import IdTable, match_catalogue
 
 VARIANTS = {"lgmrec": {}, "lgmrec_rh": {"replay": True}, "lgmrec_kd": {"distill": True}}
 DEFAULTS = dict(ui_layers=2, mm_layers=2, hyper_layers=1, hyperedges=4, keep_rate=0.5, alpha=0.3,

@@ -39,7 +39,7 @@ from torch import nn
 from ..base import SequentialModel
 from ..loss import batch_candidates
 from .frozen_features import LastLayerFeatures
-from .id_table import IdTable, match_catalogue
+from ..id_table import IdTable, match_catalogue
 
 VARIANTS = {"mmmlp": {}, "mmmlp_rh": {"replay": True}, "mmmlp_kd": {"distill": True}}
 EXPANSION = 4

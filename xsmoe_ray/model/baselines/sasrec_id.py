@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..base import SequentialModel
-from .id_table import IdTable, match_catalogue
+from ..id_table import IdTable, match_catalogue
 
 VARIANTS = {"sasrec_id": {}, "sasrec_id_rh": {"replay": True}, "sasrec_id_kd": {"distill": True}}
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..base import SequentialModel
 from ..loss import batch_candidates
-from .id_table import IdTable, match_catalogue
+from ..id_table import IdTable, match_catalogue
 
 
 class SessionModel(SequentialModel):

@@ -1,4 +1,5 @@
-"""The item-ID embedding table of the ID-based baselines, and the one rule for ids never trained.
+"""The item-ID embedding table (the ID-based baselines, XSMoE's ``model.item_ids``) and the one rule
+for ids never trained.
 
 A row starts from ``N(0, std²)`` (row 0, the padding, at zero), ``std`` set by its model (0.02 for
 SASRec-ID and MMMLP, as in their reference code). The rule, the same for every ID model: a row that
