@@ -123,7 +123,8 @@ def test_one_batch_is_driven_to_near_zero_loss(variant):
     assert losses[-1] < 0.05 * losses[0], (losses[0], losses[-1])
 
 
-@pytest.mark.parametrize("variant,extra", [(v, {}) for v in ID_VARIANTS] + [("xsmoe", {"item_ids": True})])
+@pytest.mark.parametrize("variant,extra", [(v, {}) for v in ID_VARIANTS] + [("xsmoe", {"item_ids": True}),
+                                                  ("xsmoe", {"item_ids": True, "item_id_dropout": 0.3})])
 def test_checkpoint_round_trip_and_exact_resume(variant, extra, tmp_path):
     model = make(variant, dropout=0.1, **extra)
     steps(model, batch(0), 3)

@@ -2,7 +2,8 @@
 
 The row is added to the fused content embedding, trained in every window (old experts stay frozen),
 grows with the catalogue under the ID models' rule, survives a checkpoint and a resume exactly, and
-keeps two DDP ranks identical; variants with their own item tower refuse the setting.
+keeps two DDP ranks identical; its ID dropout drops whole rows in training only; variants with
+their own item tower refuse the setting.
 """
 
 from __future__ import annotations
@@ -30,6 +31,30 @@ def test_the_id_row_is_added_to_the_content_embedding():
     expected = without.item_embeddings(ids) + with_ids.item_table.weight[ids]
     assert torch.allclose(with_ids.item_embeddings(ids), expected)
     assert without.item_table is None and "item_ids" not in without.structure()  # old checkpoints unchanged
+
+
+def test_id_dropout_drops_whole_rows_in_training_only():
+    model = make_model("xsmoe", item_ids=True, item_id_dropout=0.5)
+    content = make(item_ids=False)
+    content.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("item_table")})
+    with torch.no_grad():
+        model.item_table.weight.copy_(torch.randn_like(model.item_table.weight))
+    ids = torch.arange(1, N_ITEMS + 1)
+    model.eval()
+    content.eval()
+    full = content.item_embeddings(ids) + model.item_table.weight[ids]
+    assert torch.allclose(model.item_embeddings(ids), full)  # evaluation: every row, unscaled
+    model.train()
+    content.train()
+    torch.manual_seed(0)
+    got = model.item_embeddings(ids)
+    dropped = torch.isclose(got, content.item_embeddings(ids)).all(1)
+    kept = torch.isclose(got, full).all(1)
+    assert bool((dropped ^ kept).all())  # each item: its whole row or none of it
+    assert 0.25 < float(dropped.float().mean()) < 0.75  # 40 items at p = 0.5
+    assert model_from_structure(model.structure()).args["item_id_dropout"] == 0.5
+    with pytest.raises(ValueError, match="item_id_dropout"):
+        make_model("xsmoe", item_ids=False, item_id_dropout=0.5)
 
 
 @pytest.mark.parametrize("variant", ["xsmoe", "static", "noft", "iisan_kd"])
@@ -92,3 +117,9 @@ def test_config_wires_the_table_and_refuses_it_for_models_with_their_own_item_to
     assert new_model(load_config("demo"), FEATURES).item_table is None
     with pytest.raises(ConfigError, match="model.item_ids is for"):
         load_config("demo", ["model.variant=mmmlp", "model.item_ids=true"])
+    dropping = new_model(load_config("demo", ["model.item_ids=true", "model.item_id_dropout=0.3"]), FEATURES)
+    assert dropping.args["item_id_dropout"] == 0.3
+    with pytest.raises(ConfigError, match="needs model.item_ids"):
+        load_config("demo", ["model.item_id_dropout=0.3"])
+    with pytest.raises(ConfigError, match="item_id_dropout must be in"):
+        load_config("demo", ["model.item_ids=true", "model.item_id_dropout=1.0"])

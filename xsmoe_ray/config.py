@@ -139,6 +139,9 @@ class ModelConfig:
     item_ids: bool = field(default=False, metadata={
         "help": f"add a trainable item-ID embedding to the fused content embedding (one of {SIDE_VARIANTS}; "
                 "an extension beyond the paper, docs/RESULTS.md)"})
+    item_id_dropout: float = field(default=0.0, metadata={
+        "help": "with model.item_ids: the chance that a training batch drops an item's ID row, so content alone "
+                "must score it, as it scores items never trained (0: never)"})
 
     def __post_init__(self) -> None:
         _require(self.variant in VARIANTS, f"model.variant must be one of {VARIANTS}, got {self.variant!r}")
@@ -151,6 +154,8 @@ class ModelConfig:
         _require(self.feature_norm in ("none", "layer"), f"model.feature_norm must be 'none' or 'layer', got {self.feature_norm!r}")
         _require(not self.item_ids or self.variant in SIDE_VARIANTS,
                  f"model.item_ids is for {SIDE_VARIANTS}; {self.variant!r} has its own item tower")
+        _require(0.0 <= self.item_id_dropout < 1.0, "model.item_id_dropout must be in [0, 1)")
+        _require(self.item_id_dropout == 0.0 or self.item_ids, "model.item_id_dropout needs model.item_ids=true")
 
 
 @dataclass(frozen=True)

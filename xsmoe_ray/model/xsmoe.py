@@ -20,7 +20,10 @@ item-ID row to every item's fused embedding, ``e = FC([e^v; e^t]) + E[i]``, the 
 scores with (its ID stream beat every content-only row on MovieLens-1M, docs/RESULTS.md). The table
 is trained in every window (it neither expands nor freezes), follows ``id_table.py``'s rule
 for ids never trained (an item first seen in a test chunk keeps its small random row, so content
-alone scores it) and grows with the catalogue.
+alone scores it) and grows with the catalogue. ``item_id_dropout`` p (``model.item_id_dropout``):
+in training each batch drops an item's ID row with chance p (no rescaling: a kept row is the
+row evaluation adds), so the content path also learns to score an item alone, as it must for
+an item never trained (DropoutNet's idea, Volkovs et al. 2017).
 
 Departures from the paper, all open points it leaves: experts, routers and the fusion layer have
 biases; a new router row starts as the mean of the expert rows; utilization (Eq. 5) is the
@@ -74,10 +77,12 @@ class XSMoE(SequentialModel):
     def __init__(self, *, variant: str, dims: dict[str, int], n_groups: int, d_prime: int, embed_dim: int,
                  max_len: int, seq_blocks: int, seq_heads: int, dropout: float, kd_weight: float = 1.0,
                  feature_norm: str = "none", new_expert_share: float = 0.0, new_expert_init: str = "mean",
-                 item_ids: bool = False, n_item_rows: int = 0) -> None:
+                 item_ids: bool = False, n_item_rows: int = 0, item_id_dropout: float = 0.0) -> None:
         super().__init__()
         if item_ids and n_item_rows < 1:
             raise ValueError("item_ids needs n_item_rows (the number of items + 1)")
+        if not 0.0 <= item_id_dropout < 1.0 or (item_id_dropout and not item_ids):
+            raise ValueError(f"item_id_dropout must be in [0, 1) and needs item_ids, got {item_id_dropout}")
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; variants: {sorted(VARIANTS)}")
         if not dims or set(dims) - set(MODALITIES):
@@ -92,6 +97,8 @@ class XSMoE(SequentialModel):
                          new_expert_share=new_expert_share, new_expert_init=new_expert_init)
         if item_ids:  # only then, so the structure of a model without the table stays as it was
             self.args.update(item_ids=True, n_item_rows=int(n_item_rows))
+        if item_id_dropout:
+            self.args.update(item_id_dropout=float(item_id_dropout))
         self.n_groups = n_groups
         self.sides = nn.ModuleDict(
             {m: SideNetwork(dims[m], d_prime, n_groups) for m in self.modalities} if self.spec.side else {})
@@ -164,7 +171,13 @@ class XSMoE(SequentialModel):
             w = self.fusion.weight[:, start:start + e.shape[1]]  # [D, d]
             out = F.linear(e, w, self.fusion.bias) if out is None else out + F.linear(e, w)
             start += e.shape[1]
-        return out if self.item_table is None else out + self.item_table(item_ids)  # [n, D]
+        if self.item_table is None:
+            return out  # [n, D]
+        rows = self.item_table(item_ids)
+        drop = self.args.get("item_id_dropout", 0.0)
+        if self.training and drop:  # the item is scored by content alone in this batch
+            rows = rows * (torch.rand(rows.shape[0], 1, device=rows.device) >= drop).to(rows.dtype)
+        return out + rows  # [n, D]
 
     @property
     def n_item_rows(self) -> int:
@@ -273,7 +286,7 @@ def build_xsmoe(variant: str, *, text_dim: int | None, image_dim: int | None, n_
                 embed_dim: int, max_len: int, seq_blocks: int, seq_heads: int, dropout: float,
                 modalities: tuple[str, ...] = ("image", "text"), kd_weight: float = 1.0,
                 feature_norm: str = "none", new_expert_share: float = 0.0, new_expert_init: str = "mean",
-                item_ids: bool = False, n_item_rows: int = 0) -> XSMoE:
+                item_ids: bool = False, n_item_rows: int = 0, item_id_dropout: float = 0.0) -> XSMoE:
     """The model of a variant over the modalities the dataset has (``modalities``).
 
     Single-modality variants need their modality; every other variant uses all available ones
@@ -297,4 +310,4 @@ def build_xsmoe(variant: str, *, text_dim: int | None, image_dim: int | None, n_
                  embed_dim=embed_dim, max_len=max_len, seq_blocks=seq_blocks, seq_heads=seq_heads,
                  dropout=dropout, kd_weight=kd_weight, feature_norm=feature_norm,
                  new_expert_share=new_expert_share, new_expert_init=new_expert_init, item_ids=item_ids,
-                 n_item_rows=n_item_rows)
+                 n_item_rows=n_item_rows, item_id_dropout=item_id_dropout)

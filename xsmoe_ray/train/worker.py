@@ -57,7 +57,8 @@ def new_model(cfg: ExperimentConfig, features: dict[str, torch.Tensor], n_users:
                        max_len=cfg.data.max_len, seq_blocks=cfg.model.seq_blocks, seq_heads=cfg.model.seq_heads,
                        dropout=cfg.model.dropout, modalities=tuple(features), kd_weight=cfg.model.kd_weight,
                        feature_norm=cfg.model.feature_norm, new_expert_share=cfg.model.new_expert_share,
-                       new_expert_init=cfg.model.new_expert_init, item_ids=cfg.model.item_ids)
+                       new_expert_init=cfg.model.new_expert_init, item_ids=cfg.model.item_ids,
+                       item_id_dropout=cfg.model.item_id_dropout)
 
 
 def stream_users(stream) -> int:
