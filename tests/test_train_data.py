@@ -132,9 +132,11 @@ def test_ranks_split_each_global_batch_and_get_equal_step_counts():
 def test_batch_occurrences_count_the_batches_each_item_is_in_once_per_batch():
     # rows are [L+1 items | first | user]; padding 0 never counts, a repeat within a batch counts once
     rows = np.array([[0, 3, 5, 1, 7], [3, 3, 4, 1, 8], [0, 0, 5, 2, 9], [6, 4, 5, 1, 7]])
-    ids, counts = batch_occurrences(rows, [np.array([0, 1]), np.array([2]), np.array([3, 0])])
-    assert ids.tolist() == [3, 4, 5, 6]
-    assert counts.tolist() == [2, 2, 3, 1]  # 3: batches 0 and 2; 4: 0, 2; 5: 0, 1, 2; 6: 2
+    batches = [np.array([0, 1]), np.array([2]), np.array([3, 0])]
+    for group in (1, 2, 256):  # counted a few batches at a time, or all at once: the same counts
+        ids, counts = batch_occurrences(rows, batches, group=group)
+        assert ids.tolist() == [3, 4, 5, 6]
+        assert counts.tolist() == [2, 2, 3, 1]  # 3: batches 0 and 2; 4: 0, 2; 5: 0, 1, 2; 6: 2
     empty_ids, empty_counts = batch_occurrences(rows, [])
     assert len(empty_ids) == 0 and len(empty_counts) == 0
 

@@ -187,17 +187,24 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0,
     return shares
 
 
-def batch_occurrences(rows: np.ndarray, batches: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def batch_occurrences(rows: np.ndarray, batches: list[np.ndarray], group: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """Distinct non-padding item ids of ``batches`` (indices into training ``rows``) and the number of
     batches each occurs in: ``(ids [U] sorted, counts [U])``.
 
     Per-batch statistics over each batch's unique items (the utilization pass, Eq. 5) whose per-item
     value does not depend on the batch are the same sums as one value per item times these counts.
+    ``group`` batches are counted at a time, which bounds the working memory at any window size.
     """
     if not batches:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    items = np.asarray(split_rows(np.asarray(rows)[np.concatenate(batches)])[0], dtype=np.int64)  # [R, L+1]
-    batch_no = np.repeat(np.arange(len(batches), dtype=np.int64), [len(b) for b in batches])
-    width = int(items.max()) + 1
-    pairs = np.unique((batch_no[:, None] * width + items)[items > 0])  # one (batch, item) pair each
-    return np.unique(pairs % width, return_counts=True)
+    rows = np.asarray(rows)
+    width = int(split_rows(rows)[0].max()) + 1
+    counts = np.zeros(width, np.int64)
+    for lo in range(0, len(batches), group):
+        part = batches[lo: lo + group]
+        items = split_rows(rows[np.concatenate(part)])[0].astype(np.int64)  # [R, L+1]
+        batch_no = np.repeat(np.arange(len(part), dtype=np.int64), [len(b) for b in part])
+        pairs = np.unique((batch_no[:, None] * width + items)[items > 0])  # one (batch, item) pair each
+        counts += np.bincount(pairs % width, minlength=width)
+    ids = np.flatnonzero(counts)
+    return ids, counts[ids]

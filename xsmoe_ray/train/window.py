@@ -139,7 +139,7 @@ def train_window(model, data: WindowData, cfg: TrainConfig, device: torch.device
 
 @torch.no_grad()
 def track_utilization(raw, rows: torch.Tensor, batch_size: int, device: torch.device, rank: int, world: int,
-                      chunk: int = 8192) -> None:
+                      chunk: int = 2048) -> None:
     """Utilization sums (Eq. 5) of the current weights over this rank's share of the training rows.
 
     Per batch's unique items as in training, over one epoch's deterministic batches (the same on a
