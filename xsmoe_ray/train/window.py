@@ -143,8 +143,8 @@ def track_utilization(raw, rows: torch.Tensor, batch_size: int, device: torch.de
     """Utilization sums (Eq. 5) of the current weights over this rank's share of the training rows.
 
     Per batch's unique items as in training, over one epoch's deterministic batches (the same on a
-    re-run). An item's score depends on the item alone (the item tower has no dropout and sees no
-    context), so the tower runs once per distinct item, counted as often as the item occurs in a
+    re-run). An item's score depends on the item alone (the side networks have no dropout and see
+    no context), so the tower runs once per distinct item, counted as often as the item occurs in a
     batch: the per-batch sums, at the cost of one tower call per item rather than per batch entry
     (at full H&M scale on CPU the per-batch pass took most of a window).
     """
