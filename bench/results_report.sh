@@ -11,7 +11,7 @@ A=docs/studies
 # live root[:name in the record]; a root not on this machine leaves its record as it is
 python bench/study_archive.py --from "$S" --into "$A" \
   sl_mean_none_b256:ml1m_preset synth50:synth50_table1 synth50_legacy synth50_none table1_guard guard/ml1m_none \
-  guard/legacy_release guard/tau15_none guard/item_ids ml1m_item_ids guard/s6_code guard/s6_final guard/ids_drop20 guard/ids_drop50 \
+  guard/legacy_release guard/tau15_none guard/item_ids ml1m_item_ids guard/ids_drop20 guard/ids_drop50 \
   guard_rh_ids:guard/rh_item_ids guard_rh:guard/rh
 KEPT=(
   "Choosing settings (validation only)"
