@@ -109,6 +109,24 @@ def test_last_init_copies_the_newest_expert_and_keeps_the_output():
     assert torch.allclose(layer(h, l), before, atol=1e-5)  # the copy splits the newest expert's share
 
 
+@pytest.mark.parametrize("copy_share", [0.5, 0.9, 0.1])
+def test_last_init_copy_share_hands_over_that_share_and_keeps_the_output(copy_share):
+    layer = grown_layer(3)
+    h, l = torch.randn(5, D), torch.randn(5, D)
+    before, alpha = layer(h, l).detach(), layer.router(h).detach()
+    layer.expand(init="last", copy_share=copy_share)
+    after = layer.router(h).detach()
+    assert torch.allclose(after[:, :3], alpha[:, :3], atol=1e-6)  # backbone and older experts untouched
+    assert torch.allclose(after[:, 4], copy_share * alpha[:, 3], atol=1e-6)  # the copy's share
+    assert torch.allclose(after[:, 3], (1 - copy_share) * alpha[:, 3], atol=1e-6)  # the frozen original's
+    assert torch.allclose(layer(h, l), before, atol=1e-5)
+
+
+def test_copy_share_out_of_range_is_refused():
+    with pytest.raises(ValueError, match="copy_share"):
+        grown_layer(2).expand(init="last", copy_share=1.0)
+
+
 def test_new_expert_share_out_of_range_is_refused():
     with pytest.raises(ValueError, match="new_share"):
         grown_layer(1).expand(1.0)

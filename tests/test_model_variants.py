@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from xsmoe_ray.config import ConfigError, load_config
 from xsmoe_ray.model import (VARIANTS, ReservoirBuffer, build_model, count_parameters, format_report,
-                             paper_side_parameters, parameter_report, side_parameters)
+                             model_from_structure, paper_side_parameters, parameter_report, side_parameters)
+from xsmoe_ray.train.worker import new_model
 from xsmoe_ray.model.xsmoe import XSMoE
 
 N_ITEMS, L, G, DT, DI, DP = 30, 4, 2, 8, 6, 3
@@ -258,3 +260,32 @@ def test_user_embedding_from_known_item_rows_matches_the_item_tower():
         have[1::2] = False
         stale = torch.where(have[:, None], full, torch.full_like(full, 1e6))
         assert torch.allclose(model.user_embedding(context, (stale, have)), want, atol=1e-5)
+
+
+def test_new_expert_copy_share_flows_from_config_to_expansion_and_checkpoint():
+    cfg = load_config("demo", ["model.new_expert_init=last", "model.new_expert_copy_share=0.9"])
+    model = new_model(cfg, {m: FEATURES[m] for m in ("text",)})
+    restored = model_from_structure(model.structure())  # a window-0 checkpoint, expanded on resume
+    restored.load_state_dict(model.state_dict())
+    layer = model.sides["text"].layers[0]
+    h = torch.randn(4, DT)
+    share = layer.router(h)[:, 1].detach()
+    for m in (model, restored):
+        assert m.expand()
+    for m in (model, restored):
+        alpha = m.sides["text"].layers[0].router(h).detach()
+        assert torch.allclose(alpha[:, 2], 0.9 * share, atol=1e-6)
+        assert torch.allclose(alpha[:, 1], 0.1 * share, atol=1e-6)
+    # the default halves, and leaves the structure a checkpoint records as it was before the key existed
+    plain = new_model(load_config("demo", ["model.new_expert_init=last"]), {"text": FEATURES["text"]})
+    assert "new_expert_copy_share" not in plain.structure()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.new_expert_copy_share=0.9"], "needs model.new_expert_init=last"),
+    (["model.new_expert_init=last", "model.new_expert_copy_share=1.0"], "must be in"),
+    (["model.new_expert_init=last", "model.new_expert_copy_share=0"], "must be in"),
+])
+def test_new_expert_copy_share_refusals_name_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=f"model.new_expert_copy_share {message}"):
+        load_config("demo", overrides)

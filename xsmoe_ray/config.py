@@ -136,6 +136,9 @@ class ModelConfig:
     new_expert_init: str = field(default="mean", metadata={
         "help": "a new expert's weights and router row: 'mean' of the layer's experts (paper) or 'last' (a copy of "
                 "the newest expert, output unchanged at expansion)"})
+    new_expert_copy_share: float = field(default=0.5, metadata={
+        "help": "with model.new_expert_init=last: the share of the newest expert's router mass its copy takes "
+                "(the frozen original keeps the rest; 0.5 halves it)"})
     item_ids: bool = field(default=False, metadata={
         "help": f"add a trainable item-ID embedding to the fused content embedding (one of {SIDE_VARIANTS}; "
                 "an extension beyond the paper, docs/RESULTS.md)"})
@@ -150,6 +153,9 @@ class ModelConfig:
         _require(0.0 <= self.new_expert_share < 1.0, "model.new_expert_share must be in [0, 1)")
         _require(self.new_expert_init in ("mean", "last"),
                  f"model.new_expert_init must be 'mean' or 'last', got {self.new_expert_init!r}")
+        _require(0.0 < self.new_expert_copy_share < 1.0, "model.new_expert_copy_share must be in (0, 1)")
+        _require(self.new_expert_copy_share == 0.5 or self.new_expert_init == "last",
+                 "model.new_expert_copy_share needs model.new_expert_init=last")
         _require(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
         _require(self.feature_norm in ("none", "layer"), f"model.feature_norm must be 'none' or 'layer', got {self.feature_norm!r}")
         _require(not self.item_ids or self.variant in SIDE_VARIANTS,

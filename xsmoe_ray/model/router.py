@@ -6,7 +6,8 @@ paper's count in §4.5 it has a bias (``N_i+1`` extra parameters).
 
 Outputs are added and removed together with experts (:meth:`add_output`, :meth:`remove_output`),
 keeping the rows that stay bit-identical. A new row starts as the mean of the existing expert rows
-(the paper leaves this open): the new expert then receives the logit the experts get on average.
+(the paper leaves this open): the new expert then receives the logit the experts get on average. A
+copy of one expert's row (``copy_of``) splits that expert's mass with it: ``copy_share`` to the copy.
 ``logit_offset`` raises that logit (``model.new_expert_share``): with ``N`` experts at the mean logit,
 an offset of ``log(s N / (1 - s))`` gives the new expert the share ``s`` of the experts' router mass.
 """
@@ -42,16 +43,24 @@ class Router(nn.Module):
         self.proj = proj
 
     @torch.no_grad()
-    def add_output(self, logit_offset: float = 0.0, copy_of: int | None = None) -> None:
+    def add_output(self, logit_offset: float = 0.0, copy_of: int | None = None, copy_share: float = 0.5) -> None:
         """Append one output (for a new expert): the mean of the expert rows 1..N, or a copy of row
-        ``copy_of`` (both then with the original's bias - log 2, so they split its weight); its bias
+        ``copy_of`` whose bias is set so that the copy takes ``copy_share`` of the original's softmax
+        mass and the original keeps the rest (the sum, and so the softmax elsewhere, unchanged); its bias
         raised by ``logit_offset``."""
+        if not 0.0 < copy_share < 1.0:
+            raise ValueError(f"copy_share must be in (0, 1), got {copy_share}")
         w, b = self.proj.weight, self.proj.bias.clone()
-        if copy_of is not None:  # the copy and its original halve their logits' mass: softmax unchanged
+        if copy_of is None:
+            new_b = b[1:].mean(0, keepdim=True)
+        elif copy_share == 0.5:  # halve both: the arithmetic every run before copy_share existed used
             b[copy_of] -= math.log(2.0)
+            new_b = b[copy_of:copy_of + 1].clone()
+        else:  # exp(b + log s) + exp(b + log(1 - s)) = exp(b)
+            new_b = b[copy_of:copy_of + 1] + math.log(copy_share)
+            b[copy_of] += math.log1p(-copy_share)
         rows = slice(1, None) if copy_of is None else slice(copy_of, copy_of + 1)
-        self._replace(torch.cat([w, w[rows].mean(0, keepdim=True)]),
-                      torch.cat([b, b[rows].mean(0, keepdim=True) + logit_offset]))
+        self._replace(torch.cat([w, w[rows].mean(0, keepdim=True)]), torch.cat([b, new_b + logit_offset]))
 
     @torch.no_grad()
     def remove_output(self, index: int) -> None:

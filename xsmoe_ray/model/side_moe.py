@@ -159,12 +159,13 @@ class SideLayer(nn.Module):
             if not frozen:
                 yield from expert.parameters()
 
-    def expand(self, new_share: float = 0.0, init: str = "mean") -> None:
+    def expand(self, new_share: float = 0.0, init: str = "mean", copy_share: float = 0.5) -> None:
         """Freeze every expert, append a new one and its router output (§4.2).
 
         ``init='mean'`` (the paper): weights and router row are the mean of the existing experts'.
         ``init='last'``: a copy of the newest expert (the one trained in the last window) and of its
-        router row; the two then split that expert's share, so the layer's output is unchanged.
+        router row; the two then split that expert's share, ``copy_share`` of it to the copy (0.5:
+        halves), so the layer's output is unchanged.
         ``new_share`` in (0, 1): the new output's logit is raised so that, where the old experts' logits
         equal their mean, the new expert takes that share of the experts' router mass; 0 leaves it at
         the mean logit (1/(N+1) of that mass), as the paper's mean initialisation implies.
@@ -178,7 +179,7 @@ class SideLayer(nn.Module):
         self.frozen = [True] * self.n_experts + [False]
         self._frozen_cache = None
         self.experts.append(new)
-        self.router.add_output(offset, copy_of=None if init == "mean" else self.n_experts - 1)
+        self.router.add_output(offset, copy_of=None if init == "mean" else self.n_experts - 1, copy_share=copy_share)
         self.reset_utilization()
 
     def remove_expert(self, j: int) -> None:
@@ -235,9 +236,9 @@ class SideNetwork(nn.Module):
         for layer in self.layers:
             yield from layer.trainable_parameters()
 
-    def expand(self, new_share: float = 0.0, init: str = "mean") -> None:
+    def expand(self, new_share: float = 0.0, init: str = "mean", copy_share: float = 0.5) -> None:
         for layer in self.layers:
-            layer.expand(new_share, init)
+            layer.expand(new_share, init, copy_share)
 
     def structure(self) -> list[list[bool]]:
         """Per layer, one frozen flag per expert."""

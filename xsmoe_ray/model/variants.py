@@ -26,7 +26,7 @@ def build_model(variant: str, *, text_dim: int | None, image_dim: int | None, n_
                 modalities: tuple[str, ...] = ("image", "text"), kd_weight: float = 1.0,
                 feature_norm: str = "none", new_expert_share: float = 0.0, new_expert_init: str = "mean",
                 n_item_rows: int | None = None, n_user_rows: int | None = None, item_ids: bool = False,
-                item_id_dropout: float = 0.0) -> StreamModel:
+                item_id_dropout: float = 0.0, new_expert_copy_share: float = 0.5) -> StreamModel:
     """The model of ``variant``; ID models need ``n_item_rows`` (items + 1), models with a user table
     ``n_user_rows`` (users + 1), content models the dims; ``item_ids``: XSMoE's ID table (needs
     ``n_item_rows`` too), ``item_id_dropout`` its rows' drop rate in training."""
@@ -59,7 +59,8 @@ def build_model(variant: str, *, text_dim: int | None, image_dim: int | None, n_
                        embed_dim=embed_dim, max_len=max_len, seq_blocks=seq_blocks, seq_heads=seq_heads,
                        dropout=dropout, modalities=modalities, kd_weight=kd_weight, feature_norm=feature_norm,
                        new_expert_share=new_expert_share, new_expert_init=new_expert_init, item_ids=item_ids,
-                       n_item_rows=n_item_rows or 0, item_id_dropout=item_id_dropout)
+                       n_item_rows=n_item_rows or 0, item_id_dropout=item_id_dropout,
+                       new_expert_copy_share=new_expert_copy_share)
 
 
 def model_from_structure(structure: dict) -> StreamModel:

@@ -77,8 +77,11 @@ class XSMoE(SequentialModel):
     def __init__(self, *, variant: str, dims: dict[str, int], n_groups: int, d_prime: int, embed_dim: int,
                  max_len: int, seq_blocks: int, seq_heads: int, dropout: float, kd_weight: float = 1.0,
                  feature_norm: str = "none", new_expert_share: float = 0.0, new_expert_init: str = "mean",
-                 item_ids: bool = False, n_item_rows: int = 0, item_id_dropout: float = 0.0) -> None:
+                 item_ids: bool = False, n_item_rows: int = 0, item_id_dropout: float = 0.0,
+                 new_expert_copy_share: float = 0.5) -> None:
         super().__init__()
+        if not 0.0 < new_expert_copy_share < 1.0:
+            raise ValueError(f"new_expert_copy_share must be in (0, 1), got {new_expert_copy_share}")
         if item_ids and n_item_rows < 1:
             raise ValueError("item_ids needs n_item_rows (the number of items + 1)")
         if not 0.0 <= item_id_dropout < 1.0 or (item_id_dropout and not item_ids):
@@ -99,6 +102,8 @@ class XSMoE(SequentialModel):
             self.args.update(item_ids=True, n_item_rows=int(n_item_rows))
         if item_id_dropout:
             self.args.update(item_id_dropout=float(item_id_dropout))
+        if new_expert_copy_share != 0.5:
+            self.args.update(new_expert_copy_share=float(new_expert_copy_share))
         self.n_groups = n_groups
         self.sides = nn.ModuleDict(
             {m: SideNetwork(dims[m], d_prime, n_groups) for m in self.modalities} if self.spec.side else {})
@@ -201,7 +206,8 @@ class XSMoE(SequentialModel):
         if not (self.spec.expandable and self.spec.side):
             return False
         for side in self.sides.values():
-            side.expand(self.args["new_expert_share"], self.args["new_expert_init"])
+            side.expand(self.args["new_expert_share"], self.args["new_expert_init"],
+                        self.args.get("new_expert_copy_share", 0.5))
         self.mark_trainable()
         return True
 
@@ -286,7 +292,8 @@ def build_xsmoe(variant: str, *, text_dim: int | None, image_dim: int | None, n_
                 embed_dim: int, max_len: int, seq_blocks: int, seq_heads: int, dropout: float,
                 modalities: tuple[str, ...] = ("image", "text"), kd_weight: float = 1.0,
                 feature_norm: str = "none", new_expert_share: float = 0.0, new_expert_init: str = "mean",
-                item_ids: bool = False, n_item_rows: int = 0, item_id_dropout: float = 0.0) -> XSMoE:
+                item_ids: bool = False, n_item_rows: int = 0, item_id_dropout: float = 0.0,
+                new_expert_copy_share: float = 0.5) -> XSMoE:
     """The model of a variant over the modalities the dataset has (``modalities``).
 
     Single-modality variants need their modality; every other variant uses all available ones
@@ -310,4 +317,5 @@ def build_xsmoe(variant: str, *, text_dim: int | None, image_dim: int | None, n_
                  embed_dim=embed_dim, max_len=max_len, seq_blocks=seq_blocks, seq_heads=seq_heads,
                  dropout=dropout, kd_weight=kd_weight, feature_norm=feature_norm,
                  new_expert_share=new_expert_share, new_expert_init=new_expert_init, item_ids=item_ids,
-                 n_item_rows=n_item_rows, item_id_dropout=item_id_dropout)
+                 n_item_rows=n_item_rows, item_id_dropout=item_id_dropout,
+                 new_expert_copy_share=new_expert_copy_share)

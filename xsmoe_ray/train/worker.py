@@ -58,7 +58,8 @@ def new_model(cfg: ExperimentConfig, features: dict[str, torch.Tensor], n_users:
                        dropout=cfg.model.dropout, modalities=tuple(features), kd_weight=cfg.model.kd_weight,
                        feature_norm=cfg.model.feature_norm, new_expert_share=cfg.model.new_expert_share,
                        new_expert_init=cfg.model.new_expert_init, item_ids=cfg.model.item_ids,
-                       item_id_dropout=cfg.model.item_id_dropout)
+                       item_id_dropout=cfg.model.item_id_dropout,
+                       new_expert_copy_share=cfg.model.new_expert_copy_share)
 
 
 def stream_users(stream) -> int:
