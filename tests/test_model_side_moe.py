@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -101,7 +103,10 @@ def test_last_init_copies_the_newest_expert_and_keeps_the_output():
     h, l = torch.randn(5, D), torch.randn(5, D)
     before = layer(h, l).detach()
     newest = {k: v.clone() for k, v in layer.experts[-1].state_dict().items()}
+    bias = layer.router.proj.bias[-1].detach().clone()
     layer.expand(init="last")
+    # both halves hold bias - log 2 to the last bit, as before model.new_expert_copy_share existed
+    assert torch.equal(layer.router.proj.bias[-2:], torch.stack([bias - math.log(2.0)] * 2))
     assert layer.frozen == [True, True, True, False]
     assert all(torch.equal(v, newest[k]) for k, v in layer.experts[-1].state_dict().items())
     assert torch.equal(layer.router.proj.weight[-1], layer.router.proj.weight[-2])
