@@ -72,6 +72,8 @@ def significance_table(runs: dict[str, list[dict]], base: str = "xsmoe") -> str:
         gain = 100 * (avg_a.mean() / avg_o.mean() - 1)
         lines.append(f"| {v} | {avg_a.mean():.2f} / {avg_o.mean():.2f} | {gain:+.1f} % | "
                      f"{p_seed:.3g} ({len(common)}) | {p_win:.3g} ({a.size}) |")
+    if len(lines) == 2:  # a one-model section: its comparisons live in the analysis
+        return f"No other model shares a seed with `{base}` in this section.\n"
     return "\n".join(lines) + "\n"
 
 

@@ -64,3 +64,16 @@ def test_the_warm_table_averages_warm_and_cold_columns_per_seed():
     table = study_report.warm_table(runs)
     assert "| gag | 3.00 ± 1.41 | 4.00 ± 1.41 | 1.00 ± 0.00 | 10.00 ± 0.00 |" in table
     assert "| old | | runs older than the warm columns | | |" in table
+
+
+def test_the_significance_table_says_when_there_is_nothing_to_compare():
+    import study_report
+
+    def run(seed, ndcg):
+        return {"seed": seed, "history": [{"window": c - 1, "test_chunk": c, "ndcg10": ndcg} for c in (2, 3)]}
+
+    alone = study_report.significance_table({"xsmoe": [run(0, 0.05), run(1, 0.06)]})
+    assert alone == "No other model shares a seed with `xsmoe` in this section.\n"
+    paired = study_report.significance_table({"xsmoe": [run(0, 0.05), run(1, 0.06)],
+                                              "static": [run(0, 0.04), run(1, 0.045)]})
+    assert "| static | 5.50 / 4.25 | +29.4 % |" in paired
