@@ -11,8 +11,8 @@ import torch
 from xsmoe_ray.config import ConfigError, load_config
 from xsmoe_ray.model import (VARIANTS, ReservoirBuffer, build_model, count_parameters, format_report,
                              model_from_structure, paper_side_parameters, parameter_report, side_parameters)
-from xsmoe_ray.train.worker import new_model
 from xsmoe_ray.model.xsmoe import XSMoE
+from xsmoe_ray.train.worker import new_model
 
 N_ITEMS, L, G, DT, DI, DP = 30, 4, 2, 8, 6, 3
 FEATURES = {"text": torch.randn(N_ITEMS + 1, G + 1, DT, generator=torch.Generator().manual_seed(1)).half(),
