@@ -51,15 +51,11 @@ class Router(nn.Module):
         if not 0.0 < copy_share < 1.0:
             raise ValueError(f"copy_share must be in (0, 1), got {copy_share}")
         w, b = self.proj.weight, self.proj.bias.clone()
-        if copy_of is None:
-            new_b = b[1:].mean(0, keepdim=True)
-        elif copy_share == 0.5:  # halve both: the arithmetic every run before copy_share existed used
-            b[copy_of] -= math.log(2.0)
-            new_b = b[copy_of:copy_of + 1].clone()
-        else:  # exp(b + log s) + exp(b + log(1 - s)) = exp(b)
-            new_b = b[copy_of:copy_of + 1] + math.log(copy_share)
-            b[copy_of] += math.log1p(-copy_share)
         rows = slice(1, None) if copy_of is None else slice(copy_of, copy_of + 1)
+        new_b = b[rows].mean(0, keepdim=True)
+        if copy_of is not None:  # exp(b + log s) + exp(b + log(1 - s)) = exp(b): the pair keeps the mass
+            new_b = new_b + math.log(copy_share)
+            b[copy_of] += math.log1p(-copy_share)
         self._replace(torch.cat([w, w[rows].mean(0, keepdim=True)]), torch.cat([b, new_b + logit_offset]))
 
     @torch.no_grad()
