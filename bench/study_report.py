@@ -51,8 +51,9 @@ def significance_table(runs: dict[str, list[dict]], base: str = "xsmoe") -> str:
 
     if base not in runs:
         return f"No `{base}` run in this section.\n"
-    lines = ["| xsmoe vs. | AVG NDCG@10: xsmoe / other (%) | relative gain | p, paired by seed (n) | "
-             "p, paired by (seed, window) (n) |", "|---|---:|---:|---:|---:|"]
+    header = ["| xsmoe vs. | AVG NDCG@10: xsmoe / other (%) | relative gain | p, paired by seed (n) | "
+              "p, paired by (seed, window) (n) |", "|---|---:|---:|---:|---:|"]
+    lines = []
     b_seeds = {r["seed"]: r for r in runs[base]}
     for v, rs in runs.items():
         if v == base:
@@ -72,9 +73,9 @@ def significance_table(runs: dict[str, list[dict]], base: str = "xsmoe") -> str:
         gain = 100 * (avg_a.mean() / avg_o.mean() - 1)
         lines.append(f"| {v} | {avg_a.mean():.2f} / {avg_o.mean():.2f} | {gain:+.1f} % | "
                      f"{p_seed:.3g} ({len(common)}) | {p_win:.3g} ({a.size}) |")
-    if len(lines) == 2:  # a one-model section: its comparisons live in the analysis
+    if not lines:  # a one-model section: its comparisons live in the analysis
         return f"No other model shares a seed with `{base}` in this section.\n"
-    return "\n".join(lines) + "\n"
+    return "\n".join(header + lines) + "\n"
 
 
 def warm_table(runs: dict[str, list[dict]]) -> str:
