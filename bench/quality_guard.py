@@ -19,13 +19,24 @@ Runs are kept under ``--root/--label`` in ``bench/results_study.py``'s layout (`
 ``logs/``, ``study.json``), so ``bench/study_report.py --selection`` reads them; the prepared windows
 and the layer cache are built once under ``--root`` and reused; a finished run is not repeated unless
 ``--fresh``. Last line:
-``xsmoe_ndcg10= static_ndcg10= noft_ndcg10= popularity_ndcg10= regressions= minutes=``
+``xsmoe_ndcg10= static_ndcg10= noft_ndcg10= popularity_ndcg10= regressions= minutes=``, with
+``hashes_same=K/N`` before ``minutes=`` under ``--same-as``.
+
+``--same-as LABEL`` checks that a change meant to leave training alone does: it compares every
+window's parameter hash of each run with the run of the same variant and seed under ``LABEL`` (a
+label under ``--root`` or a study folder, e.g. ``docs/studies/guard/ml1m_none``) and names the
+first window that differs. Hashes compare only between runs on the same kind of machine: the
+same commit gave other hashes from window 0 on, and figures within 0.003, on an Intel Xeon with
+AVX-512 than on the AMD EPYC machines of earlier sessions (float kernels differ between CPU kinds;
+the library builds may too). A record names the machine it was made on (CPU, torch and
+transformers builds), and the comparison says when this one is another.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import platform
 import re
 import shlex
 import shutil
@@ -34,6 +45,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from importlib.metadata import version
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,6 +104,54 @@ def run_one(args, variant: str, seed: int) -> dict:
             "ran": ran}
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:  # not Linux
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> str:
+    """What a figure's last digits depend on besides the code: the CPU kind and the torch build."""
+    return f"{cpu_name()}, torch {version('torch')}, transformers {version('transformers')}"
+
+
+def param_hashes(history: Path) -> list[str | None]:
+    """Each window's parameter hash, in window order."""
+    return [r.get("param_hash") for r in dedupe_windows(json.loads(history.read_text()))]
+
+
+def reference_root(args) -> Path:
+    """``--same-as``: a label under ``--root``, else a study folder's path."""
+    under_root = args.root / args.same_as
+    return under_root if under_root.is_dir() else Path(args.same_as).resolve()
+
+
+def same_hashes(args, pairs: list[tuple[str, int]]) -> int:
+    """Print, per run, whether every window's parameter hash equals the reference run's; the number
+    of runs that do (a run without a reference run does not)."""
+    ref_root, same = reference_root(args), 0
+    for v, s in pairs:
+        mine = param_hashes(results_study.run_dir(label_root(args), v, s) / "history.json")
+        ref_history = results_study.run_dir(ref_root, v, s) / "history.json"
+        if not ref_history.exists():
+            print(f"[guard] {v} seed {s}: no run under {ref_root} to compare hashes with")
+            continue
+        ref = param_hashes(ref_history)
+        if mine == ref:
+            same += 1
+            print(f"[guard] {v} seed {s}: the same parameter hashes as {ref_root.name} in all {len(mine)} windows")
+        elif len(mine) != len(ref):
+            print(f"[guard] {v} seed {s}: {len(mine)} windows against {len(ref)} under {ref_root.name}")
+        else:
+            first = next(i for i, (a, b) in enumerate(zip(mine, ref)) if a != b)
+            print(f"[guard] {v} seed {s}: parameter hashes differ from {ref_root.name} from window {first} on")
+    return same
+
+
 def settings_key(args) -> str:
     return f"users={args.users} overrides={' '.join(args.overrides) or '(defaults)'}"
 
@@ -109,13 +169,22 @@ def recorded(text: str) -> tuple[str, dict[str, list[float]]] | None:
     return (setting.group(1).strip() if setting else ""), per_seed
 
 
+def recorded_machine(text: str) -> str | None:
+    """The machine line of the last guard block (records before 2026-12-05 have none)."""
+    start = text.rfind(BEGIN)
+    if start < 0:
+        return None
+    found = re.search(r"^machine: (.*)$", text[start: text.index(END, start)], re.M)
+    return found.group(1).strip() if found else None
+
+
 def spread(values: list[float]) -> float:
     return max(values) - min(values)
 
 
 def record_block(args, results: dict[str, list[dict]], minutes: float) -> str:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    lines = [BEGIN, "", f"settings: {settings_key(args)}", "",
+    lines = [BEGIN, "", f"settings: {settings_key(args)}", "", f"machine: {machine()}", "",
              f"Recorded {time.strftime('%Y-%m-%d')} at commit {commit} by "
              f"`python bench/quality_guard.py --record --seeds {' '.join(map(str, args.seeds))}"
              f"{' ' + shlex.join(args.overrides) if args.overrides else ''}` "
@@ -163,6 +232,10 @@ def compare(args, results: dict[str, list[dict]], text: str) -> int:
     if setting != settings_key(args):
         print(f"[guard] the recorded figures are for '{setting}', this run is '{settings_key(args)}': "
               "compared anyway, read with care")
+    rec_machine = recorded_machine(text)
+    if rec_machine != machine():
+        print(f"[guard] recorded on {rec_machine or 'a machine the record does not name'}, this is {machine()}: "
+              "float kernels differ between CPU kinds, so unchanged code may differ in the last digits")
     regressions = 0
     print(f"{'variant':<8} {'recorded':>16} {'now':>8} {'change':>8}  verdict")
     for v, rs in results.items():
@@ -188,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--record", action="store_true", help="write these figures into docs/RESULTS.md as the new reference")
     p.add_argument("--fresh", action="store_true", help="re-run finished runs")
+    p.add_argument("--same-as", metavar="LABEL",
+                   help="compare each run's per-window parameter hashes with the same run under LABEL (a label "
+                        "under --root, or a study folder); for a change meant to leave training unchanged")
     p.add_argument("--jobs", type=int, default=2,
                    help="runs at a time (each trains in one Ray worker on one core; results do not depend on it)")
     p.add_argument("overrides", nargs="*", help="key=value settings for every run (default: the project's defaults)")
@@ -219,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         regressions = compare(args, results, RESULTS.read_text() if RESULTS.exists() else "")
     figures = " ".join(f"{v}_ndcg10={statistics.mean(r['ndcg'] for r in rs):.3f}" for v, rs in results.items())
-    print(f"{figures} popularity_ndcg10={pop:.3f} regressions={regressions} minutes={minutes:.1f}")
+    hashes = f" hashes_same={same_hashes(args, pairs)}/{len(pairs)}" if args.same_as else ""
+    print(f"{figures} popularity_ndcg10={pop:.3f} regressions={regressions}{hashes} minutes={minutes:.1f}")
     return 1 if regressions else 0
 
 

@@ -77,3 +77,37 @@ def test_the_significance_table_says_when_there_is_nothing_to_compare():
     paired = study_report.significance_table({"xsmoe": [run(0, 0.05), run(1, 0.06)],
                                               "static": [run(0, 0.04), run(1, 0.045)]})
     assert "| static | 5.50 / 4.25 | +29.4 % |" in paired
+
+
+def test_a_record_names_its_machine_and_a_record_without_one_reads_as_none():
+    text = guard.with_record(DOC, guard.record_block(ARGS, RESULTS, 7.5))
+    assert guard.recorded_machine(text) == guard.machine()
+    assert "torch" in guard.machine() and guard.cpu_name()
+    old = text.replace(f"machine: {guard.machine()}\n", "")
+    assert guard.recorded_machine(old) is None and guard.recorded(old) == guard.recorded(text)
+
+
+def _history(path, hashes):
+    import json
+    path.mkdir(parents=True)
+    rows = [{"window": w, "param_hash": h} for w, h in enumerate(hashes)]
+    (path / "history.json").write_text(json.dumps(rows + [{"window": 1, "param_hash": hashes[1]}]))  # a resumed window
+
+
+def test_same_as_names_the_first_window_whose_parameters_differ(tmp_path, capsys, monkeypatch):
+    args = SimpleNamespace(root=tmp_path, label="now", same_as="before")
+    _history(tmp_path / "now" / "runs" / "xsmoe_s0", ["a", "b", "c"])
+    _history(tmp_path / "before" / "runs" / "xsmoe_s0", ["a", "b", "c"])
+    _history(tmp_path / "now" / "runs" / "static_s0", ["a", "b", "c"])
+    _history(tmp_path / "before" / "runs" / "static_s0", ["a", "x", "c"])
+    _history(tmp_path / "now" / "runs" / "noft_s0", ["a", "b", "c"])  # nothing under 'before' to compare with
+    assert guard.same_hashes(args, [("xsmoe", 0), ("static", 0), ("noft", 0)]) == 1
+    out = capsys.readouterr().out
+    assert "xsmoe seed 0: the same parameter hashes as before in all 3 windows" in out
+    assert "static seed 0: parameter hashes differ from before from window 1 on" in out
+    assert "noft seed 0: no run under" in out
+    # a study folder given by its path (relative to the working directory), not a label under --root
+    args.root, args.label = tmp_path / "elsewhere", "../now"
+    args.root.mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert guard.same_hashes(args, [("xsmoe", 0)]) == 1
