@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from xsmoe_ray.model import Expert, SideLayer, SideNetwork
+from xsmoe_ray.model import Expert, ExpertStart, SideLayer, SideNetwork
 
 D, DP = 8, 3
 
@@ -90,7 +90,7 @@ def test_new_expert_share_sets_its_initial_router_share(share):
         layer.router.proj.weight[1:] = layer.router.proj.weight[1]
         layer.router.proj.bias[1:] = layer.router.proj.bias[1]
     old_rows = layer.router.proj.weight.detach().clone()
-    layer.expand(share)
+    layer.expand(ExpertStart(share=share))
     alpha = layer.router(torch.randn(6, D))
     new_of_experts = alpha[:, -1] / alpha[:, 1:].sum(-1)
     want = share if share > 0 else 1 / layer.n_experts
@@ -104,7 +104,7 @@ def test_last_init_copies_the_newest_expert_and_keeps_the_output():
     before = layer(h, l).detach()
     newest = {k: v.clone() for k, v in layer.experts[-1].state_dict().items()}
     bias = layer.router.proj.bias[-1].detach().clone()
-    layer.expand(init="last")
+    layer.expand(ExpertStart(init="last"))
     # both halves hold bias - log 2 to the last bit, as before model.new_expert_copy_share existed
     assert torch.equal(layer.router.proj.bias[-2:], torch.stack([bias - math.log(2.0)] * 2))
     assert layer.frozen == [True, True, True, False]
@@ -119,7 +119,7 @@ def test_last_init_copy_share_hands_over_that_share_and_keeps_the_output(copy_sh
     layer = grown_layer(3)
     h, l = torch.randn(5, D), torch.randn(5, D)
     before, alpha = layer(h, l).detach(), layer.router(h).detach()
-    layer.expand(init="last", copy_share=copy_share)
+    layer.expand(ExpertStart(init="last", copy_share=copy_share))
     after = layer.router(h).detach()
     assert torch.allclose(after[:, :3], alpha[:, :3], atol=1e-6)  # backbone and older experts untouched
     assert torch.allclose(after[:, 4], copy_share * alpha[:, 3], atol=1e-6)  # the copy's share
@@ -127,14 +127,17 @@ def test_last_init_copy_share_hands_over_that_share_and_keeps_the_output(copy_sh
     assert torch.allclose(layer(h, l), before, atol=1e-5)
 
 
-def test_copy_share_out_of_range_is_refused():
-    with pytest.raises(ValueError, match="copy_share"):
-        grown_layer(2).expand(init="last", copy_share=1.0)
-
-
-def test_new_expert_share_out_of_range_is_refused():
-    with pytest.raises(ValueError, match="new_share"):
-        grown_layer(1).expand(1.0)
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(init="last", copy_share=1.0), "copy_share must be in"),
+    (dict(init="last", copy_share=0.0), "copy_share must be in"),
+    (dict(init="mean", copy_share=0.9), "copy_share applies to init='last' only"),
+    (dict(share=1.0), "share must be in"),
+    (dict(share=-0.1), "share must be in"),
+    (dict(init="first"), "init must be one of"),
+])
+def test_an_expert_start_out_of_range_is_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ExpertStart(**kwargs)
 
 
 def test_gradients_reach_only_trainable_parameters():

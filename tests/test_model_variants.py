@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from xsmoe_ray.config import ConfigError, load_config
-from xsmoe_ray.model import (VARIANTS, ReservoirBuffer, build_model, count_parameters, format_report,
+from xsmoe_ray.model import (VARIANTS, ExpertStart, ReservoirBuffer, build_model, count_parameters, format_report,
                              model_from_structure, paper_side_parameters, parameter_report, side_parameters)
 from xsmoe_ray.model.xsmoe import XSMoE
 from xsmoe_ray.train.worker import new_model
@@ -267,6 +267,7 @@ def test_new_expert_copy_share_flows_from_config_to_expansion_and_checkpoint():
     model = new_model(cfg, {m: FEATURES[m] for m in ("text",)})
     restored = model_from_structure(model.structure())  # a window-0 checkpoint, expanded on resume
     restored.load_state_dict(model.state_dict())
+    assert restored.expert_start == model.expert_start == ExpertStart(init="last", copy_share=0.9)
     layer = model.sides["text"].layers[0]
     h = torch.randn(4, DT)
     share = layer.router(h)[:, 1].detach()
@@ -279,6 +280,9 @@ def test_new_expert_copy_share_flows_from_config_to_expansion_and_checkpoint():
     # the default halves, and leaves the structure a checkpoint records as it was before the key existed
     plain = new_model(load_config("demo", ["model.new_expert_init=last"]), {"text": FEATURES["text"]})
     assert "new_expert_copy_share" not in plain.structure()
+    # a structure written before the expansion keys existed starts new experts as the paper does
+    old = {k: v for k, v in plain.structure().items() if not k.startswith("new_expert_")}
+    assert model_from_structure(old).expert_start == ExpertStart()
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -8,13 +8,13 @@ from .loss import batch_candidates, debiased_ce, distillation_kl, fused_debiased
 from .params import count_parameters, format_report, paper_side_parameters, parameter_report, side_parameters
 from .replay import ReservoirBuffer
 from .router import Router
-from .side_moe import SideLayer, SideNetwork
+from .side_moe import ExpertStart, SideLayer, SideNetwork
 from .variants import ALL_VARIANTS, build_model, model_from_structure
 from .xsmoe import MODALITIES, VARIANTS, VariantSpec, XSMoE, build_xsmoe
 
 __all__ = [
     "StreamModel", "SequentialModel", "SASRecID", "MMMLP", "GAG", "SSRM", "LGMRec", "ALL_VARIANTS", "model_from_structure", "build_xsmoe",
-    "Expert", "Router", "SideLayer", "SideNetwork", "SequenceEncoder", "XSMoE", "VariantSpec", "VARIANTS",
+    "Expert", "ExpertStart", "Router", "SideLayer", "SideNetwork", "SequenceEncoder", "XSMoE", "VariantSpec", "VARIANTS",
     "MODALITIES", "build_model", "ReservoirBuffer", "batch_candidates", "masked_logits", "debiased_ce",
     "fused_debiased_ce", "distillation_kl", "count_parameters", "parameter_report", "format_report", "side_parameters",
     "paper_side_parameters",

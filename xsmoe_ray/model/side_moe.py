@@ -36,6 +36,7 @@ only in training mode while ``track_utilization`` is on, so batches and ranks me
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +47,38 @@ from .router import Router
 
 
 EXPERT_INITS = ("mean", "last")
+
+
+@dataclass(frozen=True)
+class ExpertStart:
+    """How a new expert starts at expansion (``model.new_expert_init``, ``_share``, ``_copy_share``).
+
+    ``init='mean'`` (the paper): weights and router row are the mean of the existing experts'.
+    ``init='last'``: a copy of the newest expert (the one trained in the last window) and of its
+    router row; the two then split that expert's share, ``copy_share`` of it to the copy (0.5:
+    halves), so the layer's output is unchanged.
+    ``share`` in (0, 1): the new output's logit is raised so that, where the old experts' logits
+    equal their mean, the new expert takes that share of the experts' router mass; 0 leaves it at
+    the mean logit (1/(N+1) of that mass), as the paper's mean initialisation implies.
+    """
+
+    init: str = "mean"
+    share: float = 0.0
+    copy_share: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.init not in EXPERT_INITS:
+            raise ValueError(f"init must be one of {EXPERT_INITS}, got {self.init!r}")
+        if not 0.0 <= self.share < 1.0:
+            raise ValueError(f"share must be in [0, 1), got {self.share}")
+        if not 0.0 < self.copy_share < 1.0:
+            raise ValueError(f"copy_share must be in (0, 1), got {self.copy_share}")
+        if self.copy_share != 0.5 and self.init != "last":
+            raise ValueError(f"copy_share applies to init='last' only, got init={self.init!r}")
+
+    def logit_offset(self, n_experts: int) -> float:
+        """What the new router output's logit is raised by, with ``n_experts`` experts before it."""
+        return math.log(self.share * n_experts / (1.0 - self.share)) if self.share > 0 else 0.0
 
 
 def _cat(tensors: list[torch.Tensor], dim: int = 0) -> torch.Tensor:
@@ -159,27 +192,15 @@ class SideLayer(nn.Module):
             if not frozen:
                 yield from expert.parameters()
 
-    def expand(self, new_share: float = 0.0, init: str = "mean", copy_share: float = 0.5) -> None:
-        """Freeze every expert, append a new one and its router output (§4.2).
-
-        ``init='mean'`` (the paper): weights and router row are the mean of the existing experts'.
-        ``init='last'``: a copy of the newest expert (the one trained in the last window) and of its
-        router row; the two then split that expert's share, ``copy_share`` of it to the copy (0.5:
-        halves), so the layer's output is unchanged.
-        ``new_share`` in (0, 1): the new output's logit is raised so that, where the old experts' logits
-        equal their mean, the new expert takes that share of the experts' router mass; 0 leaves it at
-        the mean logit (1/(N+1) of that mass), as the paper's mean initialisation implies.
-        """
-        if not 0.0 <= new_share < 1.0:
-            raise ValueError(f"new_share must be in [0, 1), got {new_share}")
-        if init not in EXPERT_INITS:
-            raise ValueError(f"init must be one of {EXPERT_INITS}, got {init!r}")
-        offset = math.log(new_share * self.n_experts / (1.0 - new_share)) if new_share > 0 else 0.0
-        new = Expert.mean_of(list(self.experts) if init == "mean" else [self.experts[-1]])
+    def expand(self, start: ExpertStart = ExpertStart()) -> None:
+        """Freeze every expert, append a new one and its router output (§4.2), started as ``start`` says."""
+        last = start.init == "last"
+        offset = start.logit_offset(self.n_experts)
+        new = Expert.mean_of([self.experts[-1]] if last else list(self.experts))
         self.frozen = [True] * self.n_experts + [False]
         self._frozen_cache = None
         self.experts.append(new)
-        self.router.add_output(offset, copy_of=None if init == "mean" else self.n_experts - 1, copy_share=copy_share)
+        self.router.add_output(offset, copy_of=self.n_experts - 1 if last else None, copy_share=start.copy_share)
         self.reset_utilization()
 
     def remove_expert(self, j: int) -> None:
@@ -236,9 +257,9 @@ class SideNetwork(nn.Module):
         for layer in self.layers:
             yield from layer.trainable_parameters()
 
-    def expand(self, new_share: float = 0.0, init: str = "mean", copy_share: float = 0.5) -> None:
+    def expand(self, start: ExpertStart = ExpertStart()) -> None:
         for layer in self.layers:
-            layer.expand(new_share, init, copy_share)
+            layer.expand(start)
 
     def structure(self) -> list[list[bool]]:
         """Per layer, one frozen flag per expert."""

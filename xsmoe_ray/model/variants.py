@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .base import StreamModel
 from .baselines import GAG, MMMLP, SSRM, LGMRec, SASRecID
+from .side_moe import ExpertStart
 from .xsmoe import VARIANTS as XSMOE_VARIANTS
 from .xsmoe import XSMoE, build_xsmoe
 
@@ -24,12 +25,13 @@ ALL_VARIANTS = tuple(MODEL_CLASSES)
 def build_model(variant: str, *, text_dim: int | None, image_dim: int | None, n_groups: int, d_prime: int,
                 embed_dim: int, max_len: int, seq_blocks: int, seq_heads: int, dropout: float,
                 modalities: tuple[str, ...] = ("image", "text"), kd_weight: float = 1.0,
-                feature_norm: str = "none", new_expert_share: float = 0.0, new_expert_init: str = "mean",
+                feature_norm: str = "none", expert_start: ExpertStart = ExpertStart(),
                 n_item_rows: int | None = None, n_user_rows: int | None = None, item_ids: bool = False,
-                item_id_dropout: float = 0.0, new_expert_copy_share: float = 0.5) -> StreamModel:
+                item_id_dropout: float = 0.0) -> StreamModel:
     """The model of ``variant``; ID models need ``n_item_rows`` (items + 1), models with a user table
     ``n_user_rows`` (users + 1), content models the dims; ``item_ids``: XSMoE's ID table (needs
-    ``n_item_rows`` too), ``item_id_dropout`` its rows' drop rate in training."""
+    ``n_item_rows`` too), ``item_id_dropout`` its rows' drop rate in training; ``expert_start``: how
+    an expandable variant's new experts start."""
     if variant not in MODEL_CLASSES:
         raise ValueError(f"unknown variant {variant!r}; variants: {sorted(MODEL_CLASSES)}")
     cls = MODEL_CLASSES[variant]
@@ -58,9 +60,8 @@ def build_model(variant: str, *, text_dim: int | None, image_dim: int | None, n_
     return build_xsmoe(variant, text_dim=text_dim, image_dim=image_dim, n_groups=n_groups, d_prime=d_prime,
                        embed_dim=embed_dim, max_len=max_len, seq_blocks=seq_blocks, seq_heads=seq_heads,
                        dropout=dropout, modalities=modalities, kd_weight=kd_weight, feature_norm=feature_norm,
-                       new_expert_share=new_expert_share, new_expert_init=new_expert_init, item_ids=item_ids,
-                       n_item_rows=n_item_rows or 0, item_id_dropout=item_id_dropout,
-                       new_expert_copy_share=new_expert_copy_share)
+                       expert_start=expert_start, item_ids=item_ids, n_item_rows=n_item_rows or 0,
+                       item_id_dropout=item_id_dropout)
 
 
 def model_from_structure(structure: dict) -> StreamModel:

@@ -45,7 +45,7 @@ from torch import nn
 from .base import SequentialModel
 from .id_table import IdTable, match_catalogue
 from .feature_norm import LayerStandardizer
-from .side_moe import SideNetwork
+from .side_moe import ExpertStart, SideNetwork
 
 MODALITIES = ("image", "text")  # fusion order: [e_v; e_t] (Eq. 4)
 FEATURE_NORMS = ("none", "layer")
@@ -71,17 +71,27 @@ VARIANTS: dict[str, VariantSpec] = {
 }
 
 
+# ExpertStart's fields under the structure keys checkpoints have always used (the config's names)
+_START_KEYS = {"new_expert_init": "init", "new_expert_share": "share", "new_expert_copy_share": "copy_share"}
+
+
+def expert_start_args(start: ExpertStart) -> dict:
+    """``start`` as structure keys; the copy share only when it is not 0.5, so a structure written
+    before it existed reads the same."""
+    args = {"new_expert_share": float(start.share), "new_expert_init": start.init}
+    if start.copy_share != 0.5:
+        args["new_expert_copy_share"] = float(start.copy_share)
+    return args
+
+
 class XSMoE(SequentialModel):
     """The whole recommender. ``dims`` maps each modality it uses to its backbone width ``d``."""
 
     def __init__(self, *, variant: str, dims: dict[str, int], n_groups: int, d_prime: int, embed_dim: int,
                  max_len: int, seq_blocks: int, seq_heads: int, dropout: float, kd_weight: float = 1.0,
-                 feature_norm: str = "none", new_expert_share: float = 0.0, new_expert_init: str = "mean",
-                 item_ids: bool = False, n_item_rows: int = 0, item_id_dropout: float = 0.0,
-                 new_expert_copy_share: float = 0.5) -> None:
+                 feature_norm: str = "none", expert_start: ExpertStart = ExpertStart(),
+                 item_ids: bool = False, n_item_rows: int = 0, item_id_dropout: float = 0.0) -> None:
         super().__init__()
-        if not 0.0 < new_expert_copy_share < 1.0:
-            raise ValueError(f"new_expert_copy_share must be in (0, 1), got {new_expert_copy_share}")
         if item_ids and n_item_rows < 1:
             raise ValueError("item_ids needs n_item_rows (the number of items + 1)")
         if not 0.0 <= item_id_dropout < 1.0 or (item_id_dropout and not item_ids):
@@ -97,14 +107,12 @@ class XSMoE(SequentialModel):
         self.args = dict(variant=variant, dims={m: int(dims[m]) for m in self.modalities}, n_groups=n_groups,
                          d_prime=d_prime, embed_dim=embed_dim, max_len=max_len, seq_blocks=seq_blocks,
                          seq_heads=seq_heads, dropout=dropout, kd_weight=kd_weight, feature_norm=feature_norm,
-                         new_expert_share=new_expert_share, new_expert_init=new_expert_init)
+                         **expert_start_args(expert_start))
         if item_ids:  # only then, so the structure of a model without the table stays as it was
             self.args.update(item_ids=True, n_item_rows=int(n_item_rows))
         if item_id_dropout:
             self.args.update(item_id_dropout=float(item_id_dropout))
-        if new_expert_copy_share != 0.5:
-            self.args.update(new_expert_copy_share=float(new_expert_copy_share))
-        self.n_groups = n_groups
+        self.n_groups, self.expert_start = n_groups, expert_start
         self.sides = nn.ModuleDict(
             {m: SideNetwork(dims[m], d_prime, n_groups) for m in self.modalities} if self.spec.side else {})
         self.norms = nn.ModuleDict(
@@ -206,8 +214,7 @@ class XSMoE(SequentialModel):
         if not (self.spec.expandable and self.spec.side):
             return False
         for side in self.sides.values():
-            side.expand(self.args["new_expert_share"], self.args["new_expert_init"],
-                        self.args.get("new_expert_copy_share", 0.5))
+            side.expand(self.expert_start)
         self.mark_trainable()
         return True
 
@@ -281,7 +288,8 @@ class XSMoE(SequentialModel):
     def from_structure(cls, structure: dict) -> "XSMoE":
         """Rebuild the architecture of :meth:`structure`; then ``load_state_dict`` the weights."""
         args = {k: v for k, v in structure.items() if k != "experts"}
-        model = cls(**args)
+        start = ExpertStart(**{field: args.pop(key) for key, field in _START_KEYS.items() if key in args})
+        model = cls(**args, expert_start=start)
         for m, frozen in structure.get("experts", {}).items():
             model.sides[m].set_structure(frozen)
         model.mark_trainable()
@@ -291,9 +299,8 @@ class XSMoE(SequentialModel):
 def build_xsmoe(variant: str, *, text_dim: int | None, image_dim: int | None, n_groups: int, d_prime: int,
                 embed_dim: int, max_len: int, seq_blocks: int, seq_heads: int, dropout: float,
                 modalities: tuple[str, ...] = ("image", "text"), kd_weight: float = 1.0,
-                feature_norm: str = "none", new_expert_share: float = 0.0, new_expert_init: str = "mean",
-                item_ids: bool = False, n_item_rows: int = 0, item_id_dropout: float = 0.0,
-                new_expert_copy_share: float = 0.5) -> XSMoE:
+                feature_norm: str = "none", expert_start: ExpertStart = ExpertStart(),
+                item_ids: bool = False, n_item_rows: int = 0, item_id_dropout: float = 0.0) -> XSMoE:
     """The model of a variant over the modalities the dataset has (``modalities``).
 
     Single-modality variants need their modality; every other variant uses all available ones
@@ -315,7 +322,5 @@ def build_xsmoe(variant: str, *, text_dim: int | None, image_dim: int | None, n_
         raise ValueError(f"variant {variant!r}: no dimension given for {missing} (text_dim / image_dim)")
     return XSMoE(variant=variant, dims={m: int(sizes[m]) for m in used}, n_groups=n_groups, d_prime=d_prime,
                  embed_dim=embed_dim, max_len=max_len, seq_blocks=seq_blocks, seq_heads=seq_heads,
-                 dropout=dropout, kd_weight=kd_weight, feature_norm=feature_norm,
-                 new_expert_share=new_expert_share, new_expert_init=new_expert_init, item_ids=item_ids,
-                 n_item_rows=n_item_rows, item_id_dropout=item_id_dropout,
-                 new_expert_copy_share=new_expert_copy_share)
+                 dropout=dropout, kd_weight=kd_weight, feature_norm=feature_norm, expert_start=expert_start,
+                 item_ids=item_ids, n_item_rows=n_item_rows, item_id_dropout=item_id_dropout)

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from xsmoe_ray.cache import load_grouped, open_cache
-from xsmoe_ray.config import ExperimentConfig, from_dict
-from xsmoe_ray.model import ReservoirBuffer, StreamModel, build_model
+from xsmoe_ray.config import ExperimentConfig, ModelConfig, from_dict
+from xsmoe_ray.model import ExpertStart, ReservoirBuffer, StreamModel, build_model
 from xsmoe_ray.model.replay import update_set
 from xsmoe_ray.model.params import parameter_report
 from xsmoe_ray.prepared import load_prepared
@@ -56,10 +56,12 @@ def new_model(cfg: ExperimentConfig, features: dict[str, torch.Tensor], n_users:
                        n_groups=n_groups, d_prime=cfg.model.d_prime, embed_dim=cfg.model.embed_dim,
                        max_len=cfg.data.max_len, seq_blocks=cfg.model.seq_blocks, seq_heads=cfg.model.seq_heads,
                        dropout=cfg.model.dropout, modalities=tuple(features), kd_weight=cfg.model.kd_weight,
-                       feature_norm=cfg.model.feature_norm, new_expert_share=cfg.model.new_expert_share,
-                       new_expert_init=cfg.model.new_expert_init, item_ids=cfg.model.item_ids,
-                       item_id_dropout=cfg.model.item_id_dropout,
-                       new_expert_copy_share=cfg.model.new_expert_copy_share)
+                       feature_norm=cfg.model.feature_norm, expert_start=expert_start(cfg.model),
+                       item_ids=cfg.model.item_ids, item_id_dropout=cfg.model.item_id_dropout)
+
+
+def expert_start(model: ModelConfig) -> ExpertStart:
+    return ExpertStart(init=model.new_expert_init, share=model.new_expert_share, copy_share=model.new_expert_copy_share)
 
 
 def stream_users(stream) -> int:
