@@ -13,7 +13,7 @@ python bench/study_archive.py --from "$S" --into "$A" \
   sl_mean_none_b256:ml1m_preset synth50:synth50_table1 synth50_legacy synth50_none table1_guard guard/ml1m_none \
   guard/legacy_release guard/tau15_none guard/item_ids ml1m_item_ids guard/ids_drop20 guard/ids_drop50 \
   guard_rh_ids:guard/rh_item_ids guard_rh:guard/rh guard/init_last guard/copy90 guard/tau15_last ml1m_last \
-  ml1m_tau15 synth50_last
+  ml1m_tau15 synth50_last synth50_ids synth50_ids_drop20
 KEPT=(
   "Choosing settings (validation only)"
   "MovieLens-1M, the ml1m preset now (model.feature_norm=none)"
@@ -35,11 +35,13 @@ SECTIONS=(
   "MovieLens-1M, the new expert as a copy of the newest (model.new_expert_init=last): runs on record=$A/ml1m_last"
   "MovieLens-1M, pruning at τ = 0.15 (model.tau=0.15): runs on record=$A/ml1m_tau15"
   "synth_medium, the new expert as a copy of the newest (model.new_expert_init=last): runs on record=$A/synth50_last"
+  "synth_medium, an item-ID table beside the content embedding (model.item_ids): runs on record=$A/synth50_ids"
+  "synth_medium, the item-ID table with ID dropout 0.2 (model.item_id_dropout=0.2): runs on record=$A/synth50_ids_drop20"
   "Guard sample (400 users), the paper's Table 1: runs on record=$A/table1_guard"
 )
 # every root on record, full runs and guard labels alike, in the validation-only table
 SEL=()
-for root in "$A"/ml1m_preset "$A"/ml1m_item_ids "$A"/ml1m_last "$A"/ml1m_tau15 "$A"/guard/* "$A"/synth50_table1 "$A"/synth50_legacy "$A"/synth50_none "$A"/synth50_last; do [ -d "$root/runs" ] && SEL+=("$root"); done
+for root in "$A"/ml1m_preset "$A"/ml1m_item_ids "$A"/ml1m_last "$A"/ml1m_tau15 "$A"/guard/* "$A"/synth50_table1 "$A"/synth50_legacy "$A"/synth50_none "$A"/synth50_last "$A"/synth50_ids "$A"/synth50_ids_drop20; do [ -d "$root/runs" ] && SEL+=("$root"); done
 [ ${#SEL[@]} -gt 0 ] && args+=(--selection-title "Choosing settings, runs on record (validation only)" --selection "${SEL[@]}")
 for spec in "${SECTIONS[@]}"; do
   [ -d "${spec##*=}/runs" ] && args+=(--section "$spec")

@@ -1,0 +1,119 @@
+"""How a trained model with an item-ID table ranks cold targets when its never-trained rows hold other values.
+
+    python bench/cold_rows.py --run runs/study/runs/xsmoe_s0 --window 7
+
+An item first seen in a test chunk (a *cold* target) was in no training batch, so its ID row keeps
+its random start (``model/id_table.py``) and content alone scores it. Such models rank cold targets
+far lower than the same model without the table (docs/RESULTS.md). This asks whether the start
+values are to blame: it re-evaluates the window's checkpoint on its test chunk with the rows of the
+items not yet seen by that window (a) as they are, (b) zero, (c) the mean of the seen items' rows
+(what an item of average popularity carries), and prints NDCG@10 on all, warm and cold targets.
+"Seen" is the protocol's: first interaction in D_0..D_window (an item seen only in a validation split
+was not trained either, so the seen rows are a slight over-count of the trained ones).
+
+Needs a run of an ID-table model (``model.item_ids=true``) whose window checkpoint is kept (a run keeps
+its last ``train.num_to_keep``). Last line: ``<fill>_ndcg10= <fill>_warm= <fill>_cold=`` for each fill.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from xsmoe_ray.train.data import Cases  # noqa: E402
+from xsmoe_ray.train.window import evaluate_cases  # noqa: E402
+
+FILLS = ("start", "zero", "seen_mean")
+
+
+def filled_rows(weight: torch.Tensor, seen: torch.Tensor, fill: str) -> torch.Tensor:
+    """``weight`` [rows, D] with the rows not ``seen`` (row 0, the padding, excepted) replaced as ``fill`` says."""
+    if fill not in FILLS:
+        raise ValueError(f"fill must be one of {FILLS}, got {fill!r}")
+    out = weight.detach().clone()
+    unseen = ~seen
+    unseen[0] = False
+    if fill == "zero":
+        out[unseen] = 0.0
+    elif fill == "seen_mean":
+        out[unseen] = weight.detach()[seen].mean(0)
+    return out
+
+
+def cold_report(model, cases: Cases, seen: torch.Tensor, device: torch.device) -> dict[str, dict[str, float]]:
+    """Per fill, NDCG@10 in % over all, warm and cold test targets (``cases.cold`` marks the cold)."""
+    table = model.item_table.weight
+    start = table.detach().clone()
+    report = {}
+    try:
+        for fill in FILLS:
+            with torch.no_grad():
+                table.copy_(filled_rows(start, seen, fill))
+            s = evaluate_cases(model, cases, device)
+            n_cold = s.count - s.warm.count
+            report[fill] = {"ndcg10": 100 * s.ndcg / s.count, "warm": 100 * s.warm.ndcg / max(s.warm.count, 1),
+                            "cold": 100 * (s.ndcg - s.warm.ndcg) / n_cold if n_cold else float("nan"),
+                            "cold_share": n_cold / s.count}
+    finally:
+        with torch.no_grad():
+            table.copy_(start)
+    return report
+
+
+def load_window(run_out: str, window: int, device: torch.device):
+    """The window's model over its cached features, and its test cases (those of chunk window + 1)."""
+    from xsmoe_ray.config import RunConfig, from_dict
+    from xsmoe_ray.prepared import load_prepared
+    from xsmoe_ray.recommender import pick_window
+    from xsmoe_ray.rundir import run_dir
+    from xsmoe_ray.stream import cache_dir_of
+    from xsmoe_ray.train.checkpoint import read_state_and_config
+    from xsmoe_ray.train.data import window_data
+    from xsmoe_ray.train.worker import model_features
+
+    state, config = read_state_and_config(io.BytesIO(pick_window(run_out, window).read()))
+    cfg = from_dict(config)
+    local = run_dir(RunConfig(out=run_out)).local
+    stream = load_prepared(local / "prepared").stream
+    if window + 1 >= stream.n_chunks:
+        raise SystemExit(f"[cold_rows] window {window} has no test chunk (the stream has {stream.n_chunks} chunks)")
+    model = state.model
+    if getattr(model, "item_table", None) is None:
+        raise SystemExit(f"[cold_rows] {run_out}: {cfg.model.variant} without an item-ID table; run one with "
+                         "model.item_ids=true")
+    model.set_item_features(model_features(cfg, cache_dir_of(cfg, local), device))
+    model.to(device).eval()
+    test = window_data(stream, window, model.n_item_rows, cfg.train.rows).test
+    first = torch.from_numpy(stream.item_first_chunk.astype(np.int64))
+    return model, test, (first >= 0) & (first <= window)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python bench/cold_rows.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--run", required=True, help="the run's run.out (an ID-table model's run)")
+    p.add_argument("--window", type=int, required=True, help="a window whose checkpoint the run kept")
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    model, test, seen = load_window(args.run, args.window, device)
+    report = cold_report(model, test, seen.to(device), device)
+    share = next(iter(report.values()))["cold_share"]
+    print(f"window {args.window}, test chunk {args.window + 1}: {len(test):,} cases, {100 * share:.1f} % cold")
+    print(f"{'fill':<10} {'NDCG@10':>8} {'warm':>8} {'cold':>8}")
+    for fill, r in report.items():
+        print(f"{fill:<10} {r['ndcg10']:8.2f} {r['warm']:8.2f} {r['cold']:8.2f}")
+    print(" ".join(f"{f}_ndcg10={r['ndcg10']:.2f} {f}_warm={r['warm']:.2f} {f}_cold={r['cold']:.2f}"
+                   for f, r in report.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,64 @@
+"""bench/cold_rows.py: never-trained ID rows refilled, the evaluation repeated, the table left as it was."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from xsmoe_ray.model import build_model
+from xsmoe_ray.train.data import Cases
+from xsmoe_ray.train.window import evaluate_cases
+
+_spec = importlib.util.spec_from_file_location("cold_rows", Path(__file__).resolve().parents[1] / "bench" / "cold_rows.py")
+cold_rows = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(cold_rows)
+
+N = 12  # items 1..11, row 0 the padding
+
+
+def _model_and_cases():
+    torch.manual_seed(0)
+    model = build_model("xsmoe", text_dim=6, image_dim=None, n_groups=2, d_prime=3, embed_dim=4, max_len=4,
+                        seq_blocks=1, seq_heads=1, dropout=0.0, modalities=("text",), item_ids=True, n_item_rows=N)
+    model.set_item_features({"text": torch.randn(N, 3, 6)})
+    with torch.no_grad():  # trained rows: far from the small random start
+        model.item_table.weight[1:8] += torch.randn(7, 4)
+    rng = np.random.default_rng(0)
+    targets = rng.integers(1, N, 40)
+    seen = torch.zeros(N, dtype=torch.bool)
+    seen[1:8] = True
+    cases = Cases(rng.integers(1, 8, (40, 4)), targets, np.arange(1, N), cold=~seen.numpy()[targets])
+    return model.eval(), cases, seen
+
+
+def test_fills_replace_only_the_unseen_rows_and_never_the_padding():
+    weight = torch.randn(N, 4)
+    weight[0] = 0.0
+    seen = torch.zeros(N, dtype=torch.bool)
+    seen[1:8] = True
+    assert torch.equal(cold_rows.filled_rows(weight, seen, "start"), weight)
+    zero = cold_rows.filled_rows(weight, seen, "zero")
+    assert torch.equal(zero[:8], weight[:8]) and not zero[8:].any()
+    mean = cold_rows.filled_rows(weight, seen, "seen_mean")
+    assert torch.equal(mean[:8], weight[:8]) and torch.allclose(mean[8:], weight[1:8].mean(0).expand(4, 4))
+    assert not mean[0].any()  # the padding row is no item
+    with pytest.raises(ValueError, match="fill must be one of"):
+        cold_rows.filled_rows(weight, seen, "random")
+
+
+def test_the_report_splits_warm_and_cold_and_restores_the_table():
+    model, cases, seen = _model_and_cases()
+    before = model.item_table.weight.detach().clone()
+    report = cold_rows.cold_report(model, cases, seen, torch.device("cpu"))
+    assert torch.equal(model.item_table.weight, before)
+    plain = evaluate_cases(model, cases, torch.device("cpu"))
+    start = report["start"]
+    assert start["ndcg10"] == pytest.approx(100 * plain.ndcg / plain.count)
+    assert start["cold_share"] == pytest.approx(cases.cold.mean())
+    # all = warm and cold, weighted by their shares
+    for r in report.values():
+        assert r["ndcg10"] == pytest.approx((1 - r["cold_share"]) * r["warm"] + r["cold_share"] * r["cold"])
+    # the fills reach the evaluation (a report that ignored them would repeat 'start' three times)
+    assert report["seen_mean"]["ndcg10"] != pytest.approx(start["ndcg10"])
