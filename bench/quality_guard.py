@@ -115,7 +115,8 @@ def cpu_name() -> str:
 
 
 def machine() -> str:
-    """What a figure's last digits depend on besides the code: the CPU kind and the torch build."""
+    """What a figure's last digits depend on besides the code: the CPU kind and the torch and
+    transformers builds (the layer cache is encoded with the latter)."""
     return f"{cpu_name()}, torch {version('torch')}, transformers {version('transformers')}"
 
 
@@ -276,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     missing = [d for d in ("ml-1m", "all-MiniLM-L6-v2") if not (args.data / d).exists()]
     if missing:
         raise SystemExit(f"[guard] {args.data} lacks {missing}: python -m xsmoe_ray.datasets ml1m --out {args.data}")
+    if args.same_as and not reference_root(args).is_dir():  # say so now, not after every run
+        raise SystemExit(f"[guard] --same-as {args.same_as}: neither {args.root / args.same_as} nor a folder of "
+                         "that path exists")
     write_study_json(args)
     t0 = time.perf_counter()
     pairs = [(v, s) for v in args.variants for s in args.seeds]

@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))  # quality_guard imports results_study from bench/
 _spec = importlib.util.spec_from_file_location("quality_guard", BENCH / "quality_guard.py")
@@ -111,3 +113,13 @@ def test_same_as_names_the_first_window_whose_parameters_differ(tmp_path, capsys
     args.root.mkdir()
     monkeypatch.chdir(tmp_path)
     assert guard.same_hashes(args, [("xsmoe", 0)]) == 1
+
+
+def test_same_as_without_its_reference_stops_before_any_run(tmp_path):
+    for d in ("ml-1m", "all-MiniLM-L6-v2"):
+        (tmp_path / "data" / d).mkdir(parents=True)
+    argv = ["--data", str(tmp_path / "data"), "--root", str(tmp_path / "guard"), "--label", "after",
+            "--same-as", "before"]
+    with pytest.raises(SystemExit, match="--same-as before: neither .* nor a folder"):
+        guard.main(argv)
+    assert not (tmp_path / "guard" / "after").exists()  # nothing started, nothing recorded
