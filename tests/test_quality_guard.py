@@ -1,5 +1,5 @@
-"""bench/quality_guard.py's bookkeeping (the recorded table round-trips, a fall beyond the seed spread is flagged)
-and study_report's warm/cold table."""
+"""bench/quality_guard.py's bookkeeping (the recorded table round-trips with its machine, a fall beyond the seed
+spread is flagged, --same-as names the first window whose parameters differ) and study_report's warm/cold table."""
 
 import importlib.util
 import sys
