@@ -11,7 +11,8 @@ items not yet seen by that window (a) as they are, (b) zero, (c) the mean of the
 "Seen" is the protocol's: first interaction in D_0..D_window (an item seen only in a validation split
 was not trained either, so the seen rows are a slight over-count of the trained ones).
 
-Needs a run of an ID-table model (``model.item_ids=true``) whose window checkpoint is kept (a run keeps
+Needs a run of a model with an item-ID table (``model.item_ids=true``, or an ID baseline: sasrec_id,
+mmmlp, lgmrec, gag, ssrm) whose window checkpoint is kept (a run keeps
 its last ``train.num_to_keep``). Last line: ``<fill>_ndcg10= <fill>_warm= <fill>_cold=`` for each fill.
 """
 
@@ -87,7 +88,7 @@ def load_window(run_out: str, window: int, device: torch.device):
     model = state.model
     if getattr(model, "item_table", None) is None:
         raise SystemExit(f"[cold_rows] {run_out}: {cfg.model.variant} without an item-ID table; run one with "
-                         "model.item_ids=true")
+                         "model.item_ids=true or an ID baseline")
     model.set_item_features(model_features(cfg, cache_dir_of(cfg, local), device))
     model.to(device).eval()
     test = window_data(stream, window, model.n_item_rows, cfg.train.rows).test
@@ -98,7 +99,7 @@ def load_window(run_out: str, window: int, device: torch.device):
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python bench/cold_rows.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--run", required=True, help="the run's run.out (an ID-table model's run)")
+    p.add_argument("--run", required=True, help="the run's run.out (a model with an item-ID table)")
     p.add_argument("--window", type=int, required=True, help="a window whose checkpoint the run kept")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
