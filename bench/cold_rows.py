@@ -68,6 +68,14 @@ def cold_report(model, cases: Cases, seen: torch.Tensor, device: torch.device) -
     return report
 
 
+def require_id_table(model, run_out: str):
+    """``model``, if it has an item-ID table; else stop with what to run instead."""
+    if getattr(model, "item_table", None) is None:
+        raise SystemExit(f"[cold_rows] {run_out}: its {model.variant} model has no item-ID table; run one with "
+                         "model.item_ids=true or an ID baseline")
+    return model
+
+
 def load_window(run_out: str, window: int, device: torch.device):
     """The window's model over its cached features, and its test cases (those of chunk window + 1)."""
     from xsmoe_ray.config import RunConfig, from_dict
@@ -85,10 +93,7 @@ def load_window(run_out: str, window: int, device: torch.device):
     stream = load_prepared(local / "prepared").stream
     if window + 1 >= stream.n_chunks:
         raise SystemExit(f"[cold_rows] window {window} has no test chunk (the stream has {stream.n_chunks} chunks)")
-    model = state.model
-    if getattr(model, "item_table", None) is None:
-        raise SystemExit(f"[cold_rows] {run_out}: {cfg.model.variant} without an item-ID table; run one with "
-                         "model.item_ids=true or an ID baseline")
+    model = require_id_table(state.model, run_out)
     model.set_item_features(model_features(cfg, cache_dir_of(cfg, local), device))
     model.to(device).eval()
     test = window_data(stream, window, model.n_item_rows, cfg.train.rows).test

@@ -62,3 +62,12 @@ def test_the_report_splits_warm_and_cold_and_restores_the_table():
         assert r["ndcg10"] == pytest.approx((1 - r["cold_share"]) * r["warm"] + r["cold_share"] * r["cold"])
     # the fills reach the evaluation (a report that ignored them would repeat 'start' three times)
     assert report["seen_mean"]["ndcg10"] != pytest.approx(start["ndcg10"])
+
+
+def test_a_model_without_an_id_table_is_refused_by_name():
+    model = build_model("xsmoe", text_dim=6, image_dim=None, n_groups=2, d_prime=3, embed_dim=4, max_len=4,
+                        seq_blocks=1, seq_heads=1, dropout=0.0, modalities=("text",))
+    with pytest.raises(SystemExit, match="runs/x: its xsmoe model has no item-ID table"):
+        cold_rows.require_id_table(model, "runs/x")
+    with_table, _, _ = _model_and_cases()
+    assert cold_rows.require_id_table(with_table, "runs/x") is with_table
