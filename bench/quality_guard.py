@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import re
 import shlex
 import shutil
@@ -46,13 +45,13 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from importlib.metadata import version
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 import results_study  # noqa: E402
+from machine import machine  # noqa: E402
 from results_study import ANALYSIS_END  # noqa: E402
 from xsmoe_ray.report import dedupe_windows, test_rows  # noqa: E402
 
@@ -103,22 +102,6 @@ def run_one(args, variant: str, seed: int) -> dict:
     return {"ndcg": 100 * statistics.mean(r["ndcg10"] for r in rows),
             "pop": 100 * statistics.mean(r["pop_ndcg10"] for r in rows),
             "ran": ran}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:  # not Linux
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine() -> str:
-    """What a figure's last digits depend on besides the code: the CPU kind and the torch and
-    transformers builds (the layer cache is encoded with the latter)."""
-    return f"{cpu_name()}, torch {version('torch')}, transformers {version('transformers')}"
 
 
 def param_hashes(history: Path) -> list[str | None]:

@@ -35,7 +35,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+from machine import cpu_name, vector_extensions  # noqa: E402
 from xsmoe_ray.model import (batch_candidates, build_model, debiased_ce, fused_debiased_ce,  # noqa: E402
                              masked_logits)
 
@@ -315,7 +316,7 @@ def main() -> None:
     text = f"""## train_step — one XSMoE optimizer step (issue 4)
 
 Command: `python bench/train_step.py` (this run took {time.perf_counter() - t_start:.0f} s; torch {torch.__version__},
-{threads} CPU threads on a shared 2-core VM without AVX-512; medians of {args.repeats} repeats).
+{threads} CPU threads; CPU: {cpu_name()}, {vector_extensions()}; medians of {args.repeats} repeats).
 Sizes: d = 768, d' = 64, M = 2 side layers per modality (image + text), L = 10, batch {B} sequences
 of 11 ids drawn from a Zipf(0.8) popularity over {N_ITEMS:,} items: **{U} unique items** per batch,
 each run once through the side networks. fp32; N-1 of the N experts per layer are frozen.
@@ -329,7 +330,7 @@ parameters of the whole model in fp32 MB (paper Table 3).
 * FLOPs: `FlopCounterMode` over one step (matmuls and attention, forward + backward; Adam and
   elementwise work take time but count no FLOPs). The reference `torch.mm` rate is measured at the
   step's dominant shapes, [{U}, 768] x [768, N·64] and [{U}, N·64] x [N·64, 768], alternating with
-  the steps so both see the same CPU contention. Other jobs share this machine: at N = {args.headline_n} the
+  the steps so both see the same CPU contention (other jobs may share the machine): at N = {args.headline_n} the
   slowest and fastest of the {args.repeats} steps give fractions {lo:.2f} and {hi:.2f} (median {head['fraction']:.2f}).
 * Last column: the same step in a child process with `GLIBC_TUNABLES={TUNED_MALLOC}`,
   an allocator that keeps freed memory, so fresh multi-MB buffers cause no page faults; the gap to
@@ -337,7 +338,7 @@ parameters of the whole model in fp32 MB (paper Table 3).
   tcmalloc or these tunables recover it for a CPU trainer).
 * bf16 autocast (the trainer's CPU half precision), N = {args.headline_n}: {t_bf16 * 1e3:.0f} ms/step against
   {head['step_s'] * 1e3:.0f} ms in fp32, so `train.precision=half` is the {bf16_verdict}
-  setting on this CPU (it has no AVX-512 BF16/AMX instructions). The FLOP fractions above are fp32.
+  setting on this CPU ({vector_extensions()}). The FLOP fractions above are fp32.
 
 Where the time goes (N = {args.headline_n}, `torch.profiler`, self CPU time of one step):
 
