@@ -19,7 +19,6 @@ its last ``train.num_to_keep``). Last line: ``<fill>_ndcg10= <fill>_warm= <fill>
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 from pathlib import Path
 
@@ -77,26 +76,20 @@ def require_id_table(model, run_out: str):
 
 
 def load_window(run_out: str, window: int, device: torch.device):
-    """The window's model over its cached features, and its test cases (those of chunk window + 1)."""
-    from xsmoe_ray.config import RunConfig, from_dict
+    """The window's model over its cached features (loaded as serving loads it), and its test cases
+    (those of chunk window + 1)."""
+    from xsmoe_ray.config import RunConfig
     from xsmoe_ray.prepared import load_prepared
-    from xsmoe_ray.recommender import pick_window
+    from xsmoe_ray.recommender import Recommender
     from xsmoe_ray.rundir import run_dir
-    from xsmoe_ray.stream import cache_dir_of
-    from xsmoe_ray.train.checkpoint import read_state_and_config
     from xsmoe_ray.train.data import window_data
-    from xsmoe_ray.train.worker import model_features
 
-    state, config = read_state_and_config(io.BytesIO(pick_window(run_out, window).read()))
-    cfg = from_dict(config)
-    local = run_dir(RunConfig(out=run_out)).local
-    stream = load_prepared(local / "prepared").stream
+    served = Recommender(run_out, window, device)
+    stream = load_prepared(run_dir(RunConfig(out=run_out)).local / "prepared").stream
     if window + 1 >= stream.n_chunks:
         raise SystemExit(f"[cold_rows] window {window} has no test chunk (the stream has {stream.n_chunks} chunks)")
-    model = require_id_table(state.model, run_out)
-    model.set_item_features(model_features(cfg, cache_dir_of(cfg, local), device))
-    model.to(device).eval()
-    test = window_data(stream, window, model.n_item_rows, cfg.train.rows).test
+    model = require_id_table(served.model, run_out)
+    test = window_data(stream, window, model.n_item_rows, served.cfg.train.rows).test
     first = torch.from_numpy(stream.item_first_chunk.astype(np.int64))
     return model, test, (first >= 0) & (first <= window)
 
@@ -109,7 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
     device = torch.device(args.device)
-    model, test, seen = load_window(args.run, args.window, device)
+    from xsmoe_ray.recommender import RecommendError
+
+    try:
+        model, test, seen = load_window(args.run, args.window, device)
+    except RecommendError as e:  # no such run, window or checkpoint: say which, no traceback
+        raise SystemExit(f"[cold_rows] {e}") from None
     report = cold_report(model, test, seen.to(device), device)
     share = next(iter(report.values()))["cold_share"]
     print(f"window {args.window}, test chunk {args.window + 1}: {len(test):,} cases, {100 * share:.1f} % cold")

@@ -71,3 +71,8 @@ def test_a_model_without_an_id_table_is_refused_by_name():
         cold_rows.require_id_table(model, "runs/x")
     with_table, _, _ = _model_and_cases()
     assert cold_rows.require_id_table(with_table, "runs/x") is with_table
+
+
+def test_a_run_without_that_window_stops_with_a_message_not_a_traceback(tmp_path):
+    with pytest.raises(SystemExit, match=r"^\[cold_rows\] .*nothing"):
+        cold_rows.main(["--run", str(tmp_path / "nothing"), "--window", "0"])
