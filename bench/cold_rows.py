@@ -56,6 +56,7 @@ def cold_report(model, cases: Cases, seen: torch.Tensor, device: torch.device) -
         for fill in FILLS:
             with torch.no_grad():
                 table.copy_(filled_rows(start, seen, fill))
+            print(f"[cold_rows] {fill}: ranking {len(cases):,} cases", flush=True)  # minutes at H&M size
             s = evaluate_cases(model, cases, device)
             n_cold = s.count - s.warm.count
             report[fill] = {"ndcg10": 100 * s.ndcg / s.count, "warm": 100 * s.warm.ndcg / max(s.warm.count, 1),

@@ -78,9 +78,9 @@ _START_KEYS = {"new_expert_init": "init", "new_expert_share": "share", "new_expe
 def expert_start_args(start: ExpertStart) -> dict:
     """``start`` as structure keys; the copy share only when it is not 0.5, so a structure written
     before it existed reads the same."""
-    args = {"new_expert_share": float(start.share), "new_expert_init": start.init}
-    if start.copy_share != 0.5:
-        args["new_expert_copy_share"] = float(start.copy_share)
+    args = {key: getattr(start, field) for key, field in _START_KEYS.items()}
+    if start.copy_share == 0.5:
+        del args["new_expert_copy_share"]
     return args
 
 
