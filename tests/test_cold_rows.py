@@ -48,6 +48,37 @@ def test_fills_replace_only_the_unseen_rows_and_never_the_padding():
         cold_rows.filled_rows(weight, seen, "random")
 
 
+def test_the_content_fill_takes_the_rows_of_the_nearest_seen_items():
+    weight = torch.randn(N, 4)
+    weight[0] = 0.0
+    seen = torch.zeros(N, dtype=torch.bool)
+    seen[1:8] = True
+    content = torch.randn(N, 3)
+    content[8] = 2.0 * content[3] + 0.01 * content[5]  # item 8 points (almost) as item 3 does
+    content[0] = content[8]  # the padding row must never count as a neighbour
+    one = cold_rows.filled_rows(weight, seen, "content_knn", content, k=1)
+    assert torch.equal(one[:8], weight[:8]) and torch.equal(one[8], weight[3])
+    cos = torch.nn.functional.normalize(content, dim=1)
+    nearest = (cos[9] @ cos[1:8].T).topk(3).indices + 1
+    three = cold_rows.filled_rows(weight, seen, "content_knn", content, k=3)
+    assert torch.allclose(three[9], weight[nearest].mean(0))
+    assert torch.allclose(cold_rows.filled_rows(weight, seen, "content_knn", content, k=50)[10], weight[1:8].mean(0))
+    with pytest.raises(ValueError, match="one content embedding per table row"):
+        cold_rows.filled_rows(weight, seen, "content_knn", content[:5])
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        cold_rows.filled_rows(weight, seen, "content_knn", content, k=0)
+
+
+def test_content_embeddings_leave_the_id_rows_out_and_the_table_as_it_was():
+    model, _, _ = _model_and_cases()
+    before = model.item_table.weight.detach().clone()
+    content = cold_rows.content_embeddings(model)
+    ids = torch.arange(N)
+    with torch.no_grad():
+        assert torch.allclose(content + before, model.item_embeddings(ids), atol=1e-6)
+    assert torch.equal(model.item_table.weight, before)
+
+
 def test_the_report_splits_warm_and_cold_and_restores_the_table():
     model, cases, seen = _model_and_cases()
     before = model.item_table.weight.detach().clone()
@@ -60,8 +91,10 @@ def test_the_report_splits_warm_and_cold_and_restores_the_table():
     # all = warm and cold, weighted by their shares
     for r in report.values():
         assert r["ndcg10"] == pytest.approx((1 - r["cold_share"]) * r["warm"] + r["cold_share"] * r["cold"])
-    # the fills reach the evaluation (a report that ignored them would repeat 'start' three times)
+    # the fills reach the evaluation (a report that ignored them would repeat 'start' for each)
+    assert list(report) == list(cold_rows.FILLS)
     assert report["seen_mean"]["ndcg10"] != pytest.approx(start["ndcg10"])
+    assert report["content_knn"]["ndcg10"] != pytest.approx(start["ndcg10"])
 
 
 def test_a_model_without_an_id_table_is_refused_by_name():
