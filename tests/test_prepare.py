@@ -161,3 +161,40 @@ def test_synthetic_data_follows_its_settings_and_never_overwrites_foreign_files(
     assert code == 2
     assert "not written by the synthetic generator" in capsys.readouterr().err
     assert (foreign / "transactions_train.csv").read_text() == "t_dat,customer_id,article_id\n"
+
+
+def test_a_generic_dataset_given_without_its_format_is_left_untouched(tmp_path, capsys):
+    mine = generic_dataset(tmp_path / "mydata")
+    before = sorted(p.name for p in mine.iterdir())
+    assert prepare_main(["--data-dir", str(mine), "--out", str(tmp_path / "prep")]) == 2
+    err = capsys.readouterr().err
+    assert "was not written by the synthetic generator" in err and "give its format" in err
+    assert "interactions.parquet" in err
+    assert sorted(p.name for p in mine.iterdir()) == before  # nothing generated into it
+    assert not (tmp_path / "prep").exists()
+
+
+@pytest.mark.parametrize("where", ["project", "data_dir", "file"])
+def test_an_out_that_holds_anything_but_a_preparation_is_refused_and_kept(where, tmp_path, capsys):
+    data = generic_dataset(tmp_path / "data")
+    out = {"project": tmp_path / "project", "data_dir": data, "file": data / "items.parquet"}[where]
+    if where == "project":
+        (out / "src").mkdir(parents=True)
+        (out / "src" / "main.py").write_text("my code\n")
+    before = {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    code = prepare_main(["--format", "generic", "--data-dir", str(data), "--out", str(out), *ARGS])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert str(out) in err and ("is a file" in err if where == "file" else "delete them" in err)
+    assert {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()} == before
+
+
+def test_a_prepared_out_is_replaced_and_an_empty_one_filled(tmp_path):
+    data = generic_dataset(tmp_path / "data")
+    out = tmp_path / "prep"
+    out.mkdir()  # empty: fine
+    args = ["--format", "generic", "--data-dir", str(data), "--out", str(out), *ARGS]
+    assert prepare_main(args) == 0
+    (out / ".items.parquet.tmp").write_text("left by an interrupted continuation")
+    assert prepare_main([*args, "--force"]) == 0  # its own entries and leftovers do not block a new preparation
+    assert (out / "summary.json").is_file() and not (out / ".items.parquet.tmp").exists()

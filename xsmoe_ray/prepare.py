@@ -20,7 +20,7 @@ from pathlib import Path
 from xsmoe_ray.cli import run_guarded
 from xsmoe_ray.config import FORMATS, ConfigError, ExperimentConfig, load_config, valid_keys
 from xsmoe_ray.data import load_dataset
-from xsmoe_ray.prepared import is_current, read_summary, write_prepared
+from xsmoe_ray.prepared import check_replaceable, is_current, read_summary, write_prepared
 from xsmoe_ray.streaming import build_stream
 
 
@@ -63,6 +63,7 @@ def prepare_data(cfg: ExperimentConfig, out: str | Path, *, force: bool = False,
     chunks and refuse data that changes the processed past (xsmoe_ray/live.py), instead of
     preparing every chunk anew."""
     out = Path(out).expanduser().resolve()
+    check_replaceable(out)  # before any data is generated or read: a wrong --out is cheap to fix
     root = source_dir(cfg, out.parent)
     if cfg.data.format == "synthetic":
         ensure_synthetic(cfg, root)

@@ -30,12 +30,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from xsmoe_ray.config import DataConfig
+from xsmoe_ray.config import ConfigError, DataConfig
 from xsmoe_ray.data.schema import Dataset
-from xsmoe_ray.live import row_hashes, write_row_hashes
+from xsmoe_ray.live import ROW_HASHES, row_hashes, write_row_hashes
 from xsmoe_ray.streaming import Stream
 
 SUMMARY = "summary.json"
+# every entry a prepared directory holds (_write_tables, write_prepared, live.extend_prepared)
+PREPARED_ENTRIES = (SUMMARY, "load_report.json", "items.parquet", "users.parquet", "windows", ROW_HASHES)
 
 
 @dataclass
@@ -103,9 +105,31 @@ def summary_of(ds: Dataset, stream: Stream, cfg: DataConfig, source: str) -> dic
     }
 
 
+def check_replaceable(out: str | Path) -> None:
+    """Refuse an ``out`` that holds anything but a prepared directory (or nothing).
+
+    Writing swaps a new directory in and deletes the old one whole, so a folder of the user's own
+    (their project, the dataset itself) must never be taken for an old preparation.
+    """
+    out = Path(out)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ConfigError(f"prepared output {out} is a file, not a directory: choose another --out")
+    # hidden leftovers of an interrupted write are named after the entry they were replacing
+    foreign = sorted(e.name for e in out.iterdir()
+                     if e.name not in PREPARED_ENTRIES and not e.name.lstrip(".").startswith(PREPARED_ENTRIES))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise ConfigError(f"prepared output {out} already holds entries that no preparation writes ({shown}); "
+                          "preparing would replace the whole directory and delete them: choose a new or empty "
+                          "directory for the prepared windows")
+
+
 def write_prepared(out: str | Path, ds: Dataset, stream: Stream, cfg: DataConfig, source: str) -> dict:
     """Write the directory atomically: build beside it, then rename into place."""
     out = Path(out)
+    check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()

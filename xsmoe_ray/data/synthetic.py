@@ -396,10 +396,16 @@ def generate(cfg: SynthConfig, windows: int = 10, knobs: SynthKnobs = DEFAULT_KN
 def _prepare_out(out: Path) -> None:
     """Refuse to overwrite a dataset this generator did not write; clear a previous synthetic one."""
     ours = (out / META_FILE).exists()
-    present = [n for n in ("transactions_train.csv", "articles.csv", "images") if (out / n).exists()]
-    if present and not ours:
-        raise FileExistsError(f"{out} already holds {present} not written by the synthetic generator "
-                              f"(no {META_FILE}); choose an empty directory")
+    # any file at all, not only H&M names: a user's own dataset given without its format lands here
+    present = sorted(e.name for e in out.iterdir()) if out.is_dir() and not ours else []
+    if present:
+        shown = ", ".join(present[:5]) + (f" and {len(present) - 5} more" if len(present) > 5 else "")
+        raise FileExistsError(f"{out} is not empty ({shown}) and was not written by the synthetic generator "
+                              f"(no {META_FILE}). If it is your dataset, give its format (--format or "
+                              "data.format: hm, amazon, generic, recbole); otherwise choose an empty directory "
+                              "for the synthetic data")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} is a file; the synthetic generator needs a directory")
     if (out / "images").exists():
         shutil.rmtree(out / "images")  # stale JPEGs of another seed would survive otherwise
     out.mkdir(parents=True, exist_ok=True)
