@@ -48,6 +48,39 @@ def test_invalid_values_are_rejected(bad):
         load_config("demo", [bad])
 
 
+@pytest.mark.parametrize("bad, named", [
+    ("train.max_epochs=0", "train.max_epochs"), ("train.patience=0", "train.patience"), ("train.lr=-1", "train.lr"),
+    ("train.lr=nan", "train.lr"), ("train.lr_min=-0.1", "train.lr_min"), ("train.lr_decay=0", "train.lr_decay"),
+    ("train.lr_decay=1.5", "train.lr_decay"), ("train.max_failures=-1", "train.max_failures"),
+    ("model.embed_dim=0", "model.embed_dim"), ("model.seq_heads=3", r"model.embed_dim \(64\) must be divisible"),
+    ("model.seq_blocks=0", "model.seq_blocks"), ("model.replay_size=-5", "model.replay_size"),
+    ("model.kd_weight=-1", "model.kd_weight"), ("run.num_cpus=-1", "run.num_cpus"),
+    ("backbone.image_size=0", "backbone.image_size"),
+])
+def test_settings_a_worker_would_fail_on_are_refused_at_load(bad, named):
+    # before the fix these passed the config and failed inside a Ray Train worker (or trained nothing)
+    with pytest.raises(ConfigError, match=named):
+        load_config("demo", [bad])
+
+
+def test_an_inverted_date_range_is_refused_naming_both_dates():
+    with pytest.raises(ConfigError, match=r"data.date_from \(2020-10-01\) must be before data.date_to \(2020-09-01\)"):
+        load_config("hm", ["data.date_from=2020-10-01", "data.date_to=2020-09-01"])
+    assert load_config("hm", ["data.date_from=2020-09-01", "data.date_to=2020-10-01"]).data.date_to == "2020-10-01"
+
+
+def test_a_bare_preset_name_wins_over_a_folder_of_that_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()  # a run directory named like the default preset
+    (tmp_path / "hm").mkdir()  # H&M data kept in ./hm
+    assert load_config("demo") == load_config("demo", [])
+    assert load_config("hm").data.format == "hm"
+    with pytest.raises(ConfigError, match=r"config file not found: \./demo \(a directory\)"):
+        load_config("./demo")
+    (tmp_path / "mine").write_text("model:\n  tau: 0.2\n")  # a YAML file without a suffix still reads as one
+    assert load_config("mine").model.tau == 0.2
+
+
 def test_yaml_file_and_round_trip(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text(dump_yaml(load_config("hm", ["model.tau=0.2"])))

@@ -189,3 +189,15 @@ def test_run_dir_resolves_paths_and_refuses_unknown_schemes(tmp_path):
     assert a == b and a.storage == "file:///x/run/ray" and a.local.name != "run"
     with pytest.raises(ConfigError, match="nosuch://bucket/run"):
         run_dir(RunConfig(out="nosuch://bucket/run"))
+
+
+def test_a_one_modality_variant_without_its_modality_stops_before_training(uninterrupted, capsys):
+    from xsmoe_ray.stream import main
+
+    _, _, tmp = uninterrupted
+    shared = tmp.parent / "shared_data"
+    overrides = [*TINY, f"run.out={tmp / 'visual_no_image'}", f"data.path={shared / 'synthetic'}",
+                 f"cache.dir={shared / 'cache_text_only'}", "backbone.image=none", "model.variant=visual"]
+    assert main(overrides) == 2
+    assert "model.variant=visual needs the image modality" in capsys.readouterr().err
+    assert not (tmp / "visual_no_image" / "ray").exists()  # no trainer was started

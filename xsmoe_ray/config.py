@@ -84,6 +84,10 @@ class DataConfig:
         _require(self.max_len >= 1, "data.max_len must be >= 1")
         _require(self.max_words >= 1, "data.max_words must be >= 1")
         _require(self.sample_users >= 0, "data.sample_users must be >= 0 (0 = all users)")
+        # YYYY-MM-DD strings order as their days; the readers check the format itself
+        _require(not (self.date_from and self.date_to) or self.date_from < self.date_to,
+                 f"data.date_from ({self.date_from}) must be before data.date_to ({self.date_to}): "
+                 "the kept days are [date_from, date_to)")
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,9 @@ class BackboneConfig:
     text: str = field(default="demo", metadata={"help": "text encoder (HF id, local dir, 'demo' or 'none')"})
     image: str = field(default="demo", metadata={"help": "image encoder (HF id, local dir, 'demo' or 'none')"})
     image_size: int = field(default=224, metadata={"help": "image side fed to the encoder"})
+
+    def __post_init__(self) -> None:
+        _require(self.image_size >= 1, "backbone.image_size must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -157,6 +164,13 @@ class ModelConfig:
         _require(self.new_expert_copy_share == 0.5 or self.new_expert_init == "last",
                  "model.new_expert_copy_share needs model.new_expert_init=last")
         _require(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
+        # the rest would otherwise fail only inside a Ray Train worker, after data and cache are built
+        _require(self.embed_dim >= 1 and self.seq_blocks >= 1 and self.seq_heads >= 1,
+                 "model.embed_dim, model.seq_blocks and model.seq_heads must be >= 1")
+        _require(self.embed_dim % self.seq_heads == 0,
+                 f"model.embed_dim ({self.embed_dim}) must be divisible by model.seq_heads ({self.seq_heads})")
+        _require(self.replay_size >= 1, "model.replay_size must be >= 1")
+        _require(self.kd_weight >= 0.0, "model.kd_weight must be >= 0")
         _require(self.feature_norm in ("none", "layer"), f"model.feature_norm must be 'none' or 'layer', got {self.feature_norm!r}")
         _require(not self.item_ids or self.variant in SIDE_VARIANTS,
                  f"model.item_ids is for {SIDE_VARIANTS}; {self.variant!r} has its own item tower")
@@ -190,6 +204,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 2, "train.batch_size must be >= 2")
+        _require(self.max_epochs >= 1 and self.patience >= 1, "train.max_epochs and train.patience must be >= 1")
+        _require(self.lr > 0.0 and self.lr_min >= 0.0, "train.lr must be > 0 and train.lr_min >= 0")
+        _require(0.0 < self.lr_decay <= 1.0, "train.lr_decay must be in (0, 1]")
+        _require(self.max_failures >= 0, "train.max_failures must be >= 0")
         _require(self.max_steps >= 0, "train.max_steps must be >= 0 (0 = no cap)")
         _require(self.last_window >= -1, "train.last_window must be >= -1 (-1 = all windows)")
         _require(self.precision in ("auto", "half", "full"), "train.precision must be 'auto', 'half' or 'full'")
@@ -208,6 +226,9 @@ class RunConfig:
     num_cpus: int = field(default=0, metadata={"help": "CPUs for a local Ray (0 = all)"})
     local_dir: str = field(default="", metadata={
         "help": "for a URI run.out: local/shared dir for prepared data and cache (default ~/.cache/xsmoe_ray/runs/<hash>)"})
+
+    def __post_init__(self) -> None:
+        _require(self.num_cpus >= 0, "run.num_cpus must be >= 0 (0 = all)")
 
 
 @dataclass(frozen=True)
@@ -233,11 +254,16 @@ def preset_names() -> list[str]:
 
 
 def _read_yaml(source: str) -> dict[str, Any]:
-    """A preset name (``demo``) or a path to a YAML file."""
+    """A preset name (``demo``) or a path to a YAML file.
+
+    A bare preset name means the preset even where the working directory has a file or folder of
+    that name (a run directory ``demo/``, H&M data in ``hm/``); ``./demo`` names the file.
+    """
     path = Path(source)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    bare_preset = source in preset_names() and path.suffix == "" and len(path.parts) == 1
+    if not bare_preset and (path.suffix in (".yaml", ".yml") or path.exists()):
         if not path.is_file():
-            raise ConfigError(f"config file not found: {source}")
+            raise ConfigError(f"config file not found: {source}" + (" (a directory)" if path.is_dir() else ""))
         text = path.read_text()
     else:
         if source not in preset_names():

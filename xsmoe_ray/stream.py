@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 
 from xsmoe_ray.cli import run_guarded
-from xsmoe_ray.config import (ConfigError, ExperimentConfig, dump_yaml, load_config, result_differences, to_dict,
-                              valid_keys, VARIANTS)
+from xsmoe_ray.config import (ConfigError, ExperimentConfig, ModelConfig, dump_yaml, load_config, result_differences,
+                              to_dict, valid_keys, VARIANTS)
 from xsmoe_ray.prepare import prepare_data
 from xsmoe_ray.rundir import has_registered_windows, run_dir
 
@@ -64,13 +64,19 @@ def data_stages(cfg: ExperimentConfig, out: Path, continuing: bool = False) -> t
     return prepared, cache
 
 
-def check_grouping(cache: Path, layers_per_group: int) -> None:
-    """Refuse a layer grouping the backbones cannot take here, not in every worker after Ray Train starts."""
+def check_model_fits(cache: Path, model: ModelConfig) -> None:
+    """Refuse a layer grouping or a one-modality variant the cache cannot take here, not in every
+    worker after Ray Train starts (where each restart would repeat the failure)."""
     from xsmoe_ray.cache import group_index, open_cache
+    from xsmoe_ray.model.xsmoe import VARIANTS as SIDE_SPECS
 
     opened = open_cache(cache)
+    needs = SIDE_SPECS[model.variant].modality if model.variant in SIDE_SPECS else None
+    if needs is not None and needs not in opened.arrays:
+        raise ConfigError(f"model.variant={model.variant} needs the {needs} modality, which the cache {cache} does "
+                          f"not hold (it has {sorted(opened.arrays)})")
     for modality in opened.arrays:
-        group_index(opened.layers(modality), layers_per_group)
+        group_index(opened.layers(modality), model.layers_per_group)
 
 
 def fit(cfg: ExperimentConfig, storage: str, prepared: Path, cache: Path, extra: dict | None = None):
@@ -171,7 +177,7 @@ def _run(cfg: ExperimentConfig, where, extra: dict | None) -> list[dict]:
     (out / "config.yaml").write_text(dump_yaml(cfg))
     check_local_resources(cfg, ensure_ray(cfg.run.num_cpus))
     prepared, cache = data_stages(cfg, out, has_registered_windows(where.storage, cfg.run.name))
-    check_grouping(cache, cfg.model.layers_per_group)
+    check_model_fits(cache, cfg.model)
     result = fit(cfg, where.storage, prepared, cache, extra)
     history = history_of(result)
     write_outputs(out, history, cfg.model.variant, f"{cfg.data.format} — {cfg.model.variant}")
