@@ -113,6 +113,11 @@ def test_cli_prints_a_table_json_and_clear_errors(demo_run, capsys):
     assert "error: unknown user ids: ghost1, ghost2" in capsys.readouterr().err
     assert recommend_main(["--run", str(cfg.run.out) + "-missing", "--users", user]) == 2
     assert "not a run directory" in capsys.readouterr().err
+    # a device this machine cannot use is a one-line error too (was a torch traceback)
+    assert recommend_main(["--run", cfg.run.out, "--users", user, "--device", "cuda:99"]) == 2
+    assert "error: device 'cuda:99': this machine" in capsys.readouterr().err
+    assert recommend_main(["--run", cfg.run.out, "--users", user, "--device", "gpu0"]) == 2
+    assert "error: device 'gpu0' is not a device name" in capsys.readouterr().err
 
 
 def _free_port() -> int:
@@ -193,3 +198,18 @@ def test_live_recommender_swaps_only_to_a_newer_window(demo_run):
     live.current = Recommender(cfg.run.out, window=latest - 1)  # as if started before the last window
     assert live.refresh() is True and live.current.window == latest and live.swaps == 1
     live.close()
+
+
+def test_usable_device_names_what_is_wrong():
+    from xsmoe_ray.recommender import RecommendError, usable_device
+
+    assert usable_device("cpu") == torch.device("cpu")
+    with pytest.raises(RecommendError, match="not a device name"):
+        usable_device("banana")
+    with pytest.raises(RecommendError, match="recommendations run on cpu, cuda or mps"):
+        usable_device("meta")
+    if not torch.cuda.is_available():
+        with pytest.raises(RecommendError, match="sees no CUDA device; use cpu"):
+            usable_device("cuda")
+    else:
+        assert usable_device("cuda").type == "cuda"

@@ -41,6 +41,26 @@ class RecommendError(ValueError):
     """A request the run cannot answer: unknown users or items, a window without a checkpoint."""
 
 
+def usable_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device this process can use; a :class:`RecommendError` saying why not
+    (checked before the checkpoint is read, so a wrong flag costs no loading)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise RecommendError(f"device {device!r} is not a device name (cpu, cuda, cuda:1, ...)") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise RecommendError(f"device {device!r}: this machine's torch sees no CUDA device; use cpu")
+        if dev.index is not None and dev.index >= count:
+            raise RecommendError(f"device {device!r}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise RecommendError(f"device {device!r}: this machine's torch has no MPS backend; use cpu")
+    elif dev.type not in ("cpu", "mps"):
+        raise RecommendError(f"device {device!r}: recommendations run on cpu, cuda or mps")
+    return dev
+
+
 @dataclass(frozen=True)
 class WindowCheckpoint:
     window: int
@@ -174,6 +194,7 @@ class Recommender:
         from xsmoe_ray.stream import cache_dir_of
         from xsmoe_ray.train.worker import model_features
 
+        self.device = usable_device(device)
         chosen = pick_window(run_out, window)
         state, config = read_state_and_config(io.BytesIO(chosen.read()))
         self.cfg = from_dict(config)
@@ -185,7 +206,6 @@ class Recommender:
             raise RecommendError(f"{prepared}: the run's prepared data is missing")
         self.horizon = min(self.window + 1, int(summary["chunks"]) - 1)
         self.catalogue = Catalogue.read(prepared, self.horizon)
-        self.device = torch.device(device)
         model = state.model
         model.set_item_features(model_features(self.cfg, cache_dir_of(self.cfg, local), self.device))
         self.model = model.to(self.device).eval()
