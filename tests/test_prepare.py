@@ -198,3 +198,14 @@ def test_a_prepared_out_is_replaced_and_an_empty_one_filled(tmp_path):
     (out / ".items.parquet.tmp").write_text("left by an interrupted continuation")
     assert prepare_main([*args, "--force"]) == 0  # its own entries and leftovers do not block a new preparation
     assert (out / "summary.json").is_file() and not (out / ".items.parquet.tmp").exists()
+
+
+def test_items_without_text_or_images_stop_at_prepare_not_at_the_cache(tmp_path, capsys):
+    interactions = [{"user_id": f"user-{u}", "item_id": f"sku-{i}", "timestamp": 1_600_000_000 + p * 1_000_000 + u}
+                    for p, u, i in purchases()]
+    root = write_generic(tmp_path / "raw", interactions, [{"item_id": f"sku-{i}"} for i in range(ITEMS)],
+                         fmt="parquet")
+    out = tmp_path / "prepared"
+    assert prepare_main(["--format", "generic", "--data-dir", str(root), "--out", str(out), *ARGS]) == 2
+    assert f"error: {root}: no item has a text or an image ({ITEMS} items" in capsys.readouterr().err
+    assert not out.exists()

@@ -201,3 +201,16 @@ def test_a_one_modality_variant_without_its_modality_stops_before_training(unint
     assert main(overrides) == 2
     assert "model.variant=visual needs the image modality" in capsys.readouterr().err
     assert not (tmp / "visual_no_image" / "ray").exists()  # no trainer was started
+
+
+def test_placeholders_are_counted_and_named_on_the_console(tmp_path):
+    from xsmoe_ray.stream import placeholder_lines
+
+    manifest = {"modalities": {
+        "image": {"failures": {f"sku-{i}": "corrupt image: UnidentifiedImageError" for i in range(5)}},
+        "text": {"failures": {}}}}
+    lines = placeholder_lines(manifest, tmp_path)
+    assert len(lines) == 1  # nothing to say of the text modality
+    assert lines[0].startswith("image: 5 item(s) encoded as placeholders, e.g. sku-0: corrupt image")
+    assert "sku-2" in lines[0] and "sku-3" not in lines[0]  # three examples, the manifest has the rest
+    assert str(tmp_path / "manifest.json") in lines[0]

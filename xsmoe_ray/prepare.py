@@ -20,6 +20,7 @@ from pathlib import Path
 from xsmoe_ray.cli import run_guarded
 from xsmoe_ray.config import FORMATS, ConfigError, ExperimentConfig, load_config, valid_keys
 from xsmoe_ray.data import load_dataset
+from xsmoe_ray.data.schema import DataError
 from xsmoe_ray.prepared import check_replaceable, is_current, read_summary, write_prepared
 from xsmoe_ray.streaming import build_stream
 
@@ -75,6 +76,7 @@ def prepare_data(cfg: ExperimentConfig, out: str | Path, *, force: bool = False,
                       date_to=cfg.data.date_to, dedup=cfg.data.dedup, sample_users=cfg.data.sample_users,
                       sample_seed=cfg.data.sample_seed, recbole=recbole_options(cfg))
     log(ds.report.format())
+    require_content(ds, root)
     old = read_summary(out) if extend and not force else None
     if old is not None:
         from xsmoe_ray.live import extend_prepared
@@ -87,6 +89,14 @@ def prepare_data(cfg: ExperimentConfig, out: str | Path, *, force: bool = False,
     log(format_chunks(summary))
     log(f"[prepare] wrote {out} in {time.perf_counter() - t0:.1f} s")
     return summary
+
+
+def require_content(ds, root: Path) -> None:
+    """Refuse a dataset whose items have neither text nor an image: every model reads the frozen
+    encoders' states of one of them, so the cache step would fail after the windows were written."""
+    if not (ds.has_text or ds.has_image):
+        raise DataError(str(root), f"no item has a text or an image ({ds.n_items:,} items; the load report above "
+                                   "says why), and every model reads the cached states of at least one of them")
 
 
 def recbole_options(cfg: ExperimentConfig) -> dict:

@@ -60,8 +60,23 @@ def data_stages(cfg: ExperimentConfig, out: Path, continuing: bool = False) -> t
     prepare_data(cfg, prepared, extend=continuing)
     cache = cache_dir_of(cfg, out)
     report = build_cache(prepared, cache, cfg)
-    print(f"[stream] cache {cache}: encoded {report.encoded}, reused {report.reused}", flush=True)
+    print(f"[stream] {report.format()}", flush=True)
+    for line in placeholder_lines(report.manifest, cache):
+        print(f"[stream] {line}", flush=True)
     return prepared, cache
+
+
+def placeholder_lines(manifest: dict, cache: Path, shown: int = 3) -> list[str]:
+    """Per modality with items the encoder could not read (a corrupt image, an empty text), how many
+    and a few of them: they train on a placeholder, which a user should hear of without opening the manifest."""
+    lines = []
+    for modality, spec in manifest["modalities"].items():
+        failures = spec.get("failures") or {}
+        if failures:
+            some = "; ".join(f"{item}: {why}" for item, why in list(failures.items())[:shown])
+            lines.append(f"{modality}: {len(failures):,} item(s) encoded as placeholders, e.g. {some} "
+                         f"(all in {cache / 'manifest.json'})")
+    return lines
 
 
 def check_model_fits(cache: Path, model: ModelConfig) -> None:
