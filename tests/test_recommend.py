@@ -213,3 +213,15 @@ def test_usable_device_names_what_is_wrong():
             usable_device("cuda")
     else:
         assert usable_device("cuda").type == "cuda"
+
+
+def test_running_the_serve_module_says_how_the_app_starts():
+    import subprocess
+    import sys
+
+    helped = subprocess.run([sys.executable, "-m", "xsmoe_ray.serve", "--help"], capture_output=True, text=True,
+                            timeout=120)
+    assert helped.returncode == 0 and "serve run xsmoe_ray.serve:app run_out=" in helped.stdout
+    bare = subprocess.run([sys.executable, "-m", "xsmoe_ray.serve", "runs/demo"], capture_output=True, text=True,
+                          timeout=120)
+    assert bare.returncode == 2 and "is a Ray Serve application" in bare.stderr

@@ -88,3 +88,13 @@ def app(args: dict):
     options = {"num_cpus": a.num_cpus, "num_gpus": a.num_gpus}
     return RecommendService.options(num_replicas=a.num_replicas, ray_actor_options=options).bind(
         a.run_out, a.poll_s, a.device, a.max_k)
+
+
+if __name__ == "__main__":  # `python -m xsmoe_ray.serve` is a natural first try: say how the app starts
+    import sys
+
+    print(__doc__)
+    if not set(sys.argv[1:]) <= {"-h", "--help"}:
+        print("error: this module is a Ray Serve application; start it with `serve run xsmoe_ray.serve:app "
+              "run_out=<run directory>`", file=sys.stderr)
+        raise SystemExit(2)
