@@ -12,6 +12,7 @@ import pytest
 from tests.fixtures import (
     AMAZON_REVIEWS,
     GENERIC_INTERACTIONS,
+    GENERIC_ITEMS,
     HM_TRANSACTIONS,
     amazon_lines,
     hm_transactions_text,
@@ -226,6 +227,82 @@ def test_everything_dropped_is_an_error(tmp_path):
     write_hm(tmp_path)
     with pytest.raises(DataError, match=r"no interactions \(all 8 rows were dropped: \{'outside_date_range': 8\}\)"):
         load_hm(tmp_path, date_from="2019-01-01")
+
+
+def test_unknown_item_drop_quotes_the_ids_and_the_items_files_spelling(tmp_path):
+    """Audit: item_not_in_items showed no ids, so " sku-1" against "sku-1" went unexplained."""
+    padded = [{**r, "item_id": " " + r["item_id"]} for r in GENERIC_INTERACTIONS[:2]]
+    ds = load_generic(write_generic(tmp_path, [*GENERIC_INTERACTIONS, *padded]))
+    assert ds.report.dropped == {"item_not_in_items": 2} and ds.report.interactions == 6
+    note = next(n for n in ds.report.notes if "item_not_in_items" in n)
+    assert "2 row(s) with 2 item id(s)" in note and "e.g. [' sku-2', ' sku-1']" in note
+    assert "the items file has ['sku-2', 'sku-1'] (the same but for whitespace" in note
+
+
+def test_unknown_item_drop_without_a_near_id_shows_the_items_files_ids(tmp_path):
+    ds = load_generic(write_generic(tmp_path, [*GENERIC_INTERACTIONS, {**GENERIC_INTERACTIONS[0], "item_id": "X9"}]))
+    assert any("e.g. ['X9']" in n and "ids such as ['sku-1', 'sku-2', 'sku-3']" in n for n in ds.report.notes)
+
+
+def test_all_rows_dropped_as_unknown_items_names_the_ids(tmp_path):
+    """Audit: parquet int ids 0..3 against items "000".."003" failed with counts only."""
+    interactions = [{**r, "item_id": int(r["item_id"][-1]) - 1} for r in GENERIC_INTERACTIONS]
+    items = [{"item_id": f"{k:03d}", "text": f"item {k}"} for k in range(4)]
+    write_generic(tmp_path, interactions, items, fmt="parquet")
+    message = (r"no interactions \(all 6 rows were dropped: \{'item_not_in_items': 6\}\); "
+               r"item_not_in_items: .* e\.g\. \['1', '0', '2'\];.* has \['001', '000', '002'\]")
+    with pytest.raises(DataError, match=message):
+        load_generic(tmp_path)
+
+
+# ---------------------------------------------------------------------------- kept, but noted
+
+MS = 1600000000500  # milliseconds read as seconds: year 52,671
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_timestamps_in_another_unit_are_noted_not_dropped(tmp_path, fmt):
+    write_generic(tmp_path, [*GENERIC_INTERACTIONS, {**GENERIC_INTERACTIONS[0], "timestamp": MS}], fmt=fmt)
+    if fmt == "csv":  # the line number must count the skipped malformed line
+        insert_line(tmp_path / "interactions.csv", 3, b"u1,sku-1")
+    ds = load_generic(tmp_path)
+    assert ds.report.interactions == 7 and ds.column("ts").max() == MS  # kept as read
+    where = "line 9" if fmt == "csv" else "row 7"
+    assert any("1 timestamp(s) are over 100x the median 1600000300 (2020-09-13)" in n
+               and f"{where}: {MS} (52671-12-25)" in n for n in ds.report.notes)
+    assert (ds.report.first_day, ds.report.last_day) == ("2020-09-13", "52671-12-25")
+
+
+def test_negative_timestamps_are_noted_not_dropped(tmp_path):
+    before_1970 = {**GENERIC_INTERACTIONS[0], "timestamp": -86400}
+    ds = load_generic(write_generic(tmp_path, [*GENERIC_INTERACTIONS, before_1970]))
+    assert ds.report.interactions == 7 and ds.column("ts").min() == -86400
+    assert any("1 timestamp(s) are negative" in n and "line 8: -86400 (1969-12-31)" in n for n in ds.report.notes)
+    assert "time range (UTC)   1969-12-31 .. 2020-09-13" in ds.report.format()
+
+
+def test_ordinary_timestamps_get_no_timestamp_note(tmp_path):
+    """Counter-check: seconds around 2020, or small counters 1..N, are not another unit."""
+    counters = [{**r, "timestamp": k + 1} for k, r in enumerate(GENERIC_INTERACTIONS)]
+    for k, interactions in enumerate([GENERIC_INTERACTIONS, counters]):
+        ds = load_generic(write_generic(tmp_path / str(k), interactions))
+        assert not any("timestamp" in n for n in ds.report.notes)
+
+
+def test_ids_with_surrounding_whitespace_are_noted_and_kept_apart(tmp_path):
+    """Audit: " u7" and "u7" silently became two users (ids are compared as exact strings)."""
+    interactions = [*GENERIC_INTERACTIONS, {**GENERIC_INTERACTIONS[0], "user_id": " u7"},
+                    {**GENERIC_INTERACTIONS[1], "user_id": "u5 "}]
+    items = [*GENERIC_ITEMS, {**GENERIC_ITEMS[2], "item_id": "sku-3 "}]
+    ds = load_generic(write_generic(tmp_path, interactions, items))
+    assert ds.user_ids.to_pylist() == ["u7", "u3", "u9", " u7", "u5 "] and ds.n_items == 5  # not stripped
+    users = next(n for n in ds.report.notes if "user id(s)" in n)
+    assert "2 user id(s) have leading or trailing whitespace, e.g. [' u7', 'u5 ']" in users
+    assert "1 of them also occur without it, so e.g. ' u7' and 'u7' are two different users" in users
+    assert any("1 item id(s) have leading or trailing whitespace, e.g. ['sku-3 ']" in n
+               and "'sku-3 ' and 'sku-3' are two different items" in n for n in ds.report.notes)
+    clean = load_generic(write_generic(tmp_path / "clean"))
+    assert not any("whitespace" in n for n in clean.report.notes)
 
 
 # ---------------------------------------------------------------------------- empty files

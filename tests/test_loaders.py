@@ -77,6 +77,7 @@ def test_hm_fixture_codes_text_images_and_report(tmp_path):
     assert (r.rows_read, r.dropped, r.interactions, r.users, r.items) == (8, {}, 8, 3, 5)
     assert (r.items_without_text, r.items_without_image, r.has_text, r.has_image) == (0, 1, True, True)
     assert r.files == [str(tmp_path / "articles.csv"), str(tmp_path / "transactions_train.csv")]
+    assert (r.first_day, r.last_day) == ("2018-09-20", "2018-09-23")
 
 
 def test_hm_same_day_ties_keep_file_order_and_late_rows_are_sorted(tmp_path):
@@ -196,6 +197,8 @@ def test_generic_fixture(tmp_path, fmt):
     r = ds.report
     assert (r.rows_read, r.dropped, r.interactions, r.items_without_text, r.items_without_image) == (6, {}, 6, 1, 1)
     assert r.files == [str(tmp_path / f"items.{fmt}"), str(tmp_path / f"interactions.{fmt}")]
+    assert (r.first_day, r.last_day) == ("2020-09-13", "2020-09-13") and r.notes == []
+    assert "time range (UTC)   2020-09-13 .. 2020-09-13" in r.format()
 
 
 def test_generic_timestamp_shapes(tmp_path):

@@ -32,6 +32,12 @@ reason in that order. Item-file problems are about items, not interaction rows, 
 that was not valid UTF-8 (repaired with U+FFFD), listed image files that do not exist (image set to
 null, so the item counts as without image).
 
+Also noted, never dropped or changed, because the data may be meant that way and the figures depend
+on it: ids with leading or trailing whitespace (users and items-file ids; kept as different ids), negative
+timestamps and timestamps over ``UNIT_RATIO`` times the median (milliseconds among seconds). The
+``item_not_in_items`` count comes with example ids, in the notes and in the "no interactions" error,
+and the report gives the UTC days of the first and last kept interaction.
+
 Line numbers are data row index + 2 (the header is line 1), adjusted for skipped malformed lines;
 a quoted value spanning several lines makes later physical line numbers larger than reported.
 """
@@ -52,7 +58,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from xsmoe_ray.data.schema import ITEMS_SCHEMA, DataError, Dataset, LoadReport, finish
+from xsmoe_ray.data.schema import ITEMS_SCHEMA, DataError, Dataset, LoadReport, finish, utc_day
 
 INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp")
 ITEM_COLUMNS = ("item_id", "text", "image")
@@ -60,6 +66,9 @@ BLOCK_SIZE = 64 << 20  # big blocks: less per-block overhead (and kernel time) o
 MAX_EXAMPLES = 3  # offending values quoted in a note
 EXAMPLE_CHARS = 80  # ... each cut to this length
 PARALLEL_ROWS = 2_000_000  # id columns at least this long are encoded on several threads
+# A timestamp this many times the median is another unit: milliseconds are ~1000x seconds, but one
+# from a year before the bulk's median is less (1995 ms / 2020 s: ~500x), and 100x seconds is year 5000.
+UNIT_RATIO = 100
 
 _TYPE_WORDS = {pa.date32(): "YYYY-MM-DD", pa.int64(): "an integer", pa.float64(): "a number"}
 _INT_RE = r"^[+-]?\d+$"
@@ -537,19 +546,24 @@ def _parse_time_strings(values: pa.Array, path: Path, line_of: Callable[[int], i
 
 def assemble(name: str, path: Path, report: LoadReport, users: tuple[np.ndarray, pa.Array], items: np.ndarray,
              item_empty: np.ndarray, ts: np.ndarray, ts_empty: np.ndarray, catalogue: pa.Table,
-             window: tuple[int | None, int | None] = (None, None), dedup: bool = True) -> Dataset:
+             window: tuple[int | None, int | None] = (None, None), dedup: bool = True, *,
+             row_items: pa.ChunkedArray | None = None, line_of: Callable[[int], int] | None = None) -> Dataset:
     """Shared reader tail: count drops (each row once, first reason wins), code users, ``finish``.
 
     ``users`` is :func:`dictionary_codes` of the user id column, ``items`` the item code per row
-    (0 = not in the items file), ``ts`` epoch seconds; all in file order.
+    (0 = not in the items file), ``ts`` epoch seconds; all in file order. A reader that passes
+    ``row_items`` (the item id per row) gets example ids for ``item_not_in_items``, in the notes and
+    in the error when every row is dropped; one that passes ``line_of`` (row index → line) gets
+    notes on odd timestamps and whitespace in user ids of the kept rows.
     """
     user_index, user_dict = users
     keep = np.ones(len(ts), dtype=bool)
 
-    def drop(bad: np.ndarray, reason: str) -> None:
+    def drop(bad: np.ndarray, reason: str) -> np.ndarray:
         bad = bad & keep
         report.drop(reason, int(bad.sum()))
         keep[bad] = False
+        return bad
 
     drop(pc.equal(user_dict, "").to_numpy(zero_copy_only=False)[user_index], "empty_user_id")
     drop(item_empty, "empty_item_id")
@@ -559,13 +573,104 @@ def assemble(name: str, path: Path, report: LoadReport, users: tuple[np.ndarray,
         drop(ts < lo, "outside_date_range")
     if hi is not None:
         drop(ts >= hi, "outside_date_range")
-    drop(items == 0, "item_not_in_items")
+    unknown = drop(items == 0, "item_not_in_items")
+    hint = unknown_items_hint(row_items, unknown, catalogue.column("item_id")) if row_items is not None else ""
+    if hint:
+        report.notes.append(f"{path}: {hint}")
     if not keep.any():
         why = f"all {report.rows_read:,} rows were dropped: {report.dropped}" if report.rows_read else \
             "the file has no data rows"
-        raise DataError(str(path), f"no interactions ({why})")
+        raise DataError(str(path), f"no interactions ({why})" + (f"; {hint}" if hint else ""))
+    if line_of is not None:
+        note_timestamps(path, ts, keep, line_of, report)
+        note_padded_user_ids(path, user_index[keep], user_dict, report)
     user, source = first_appearance(user_index[keep], len(user_dict))
     return finish(name, user, items[keep], ts[keep], catalogue, user_dict.take(pa.array(source)), report, dedup)
+
+
+def unknown_items_hint(row_items: pa.ChunkedArray, dropped: np.ndarray, catalogue_ids: pa.ChunkedArray) -> str:
+    """Why rows were dropped as ``item_not_in_items``: their ids (repr, so whitespace shows) beside the
+    items file's, which usually makes the mismatch plain (" it001" vs "it001", 7 vs "007")."""
+    if not dropped.any():
+        return ""
+    missing = pc.unique(row_items.filter(pa.array(dropped)))
+    shown = examples(missing.slice(0, MAX_EXAMPLES).to_pylist())
+    return (f"item_not_in_items: {int(dropped.sum()):,} row(s) with {len(missing):,} item id(s) that the items file "
+            f"does not have, e.g. {shown}; ids are compared as exact strings, and the items file has "
+            f"{catalogue_examples(shown, catalogue_ids.combine_chunks())}")
+
+
+def catalogue_examples(shown: list[str], catalogue_ids: pa.Array) -> str:
+    """Items-file ids equal to ``shown`` but for whitespace, case or leading zeros, else its first ids."""
+    position = pc.index_in(loose_ids(pa.array(shown, pa.string())), value_set=loose_ids(catalogue_ids))
+    near = list(dict.fromkeys(catalogue_ids.take(position.drop_null()).to_pylist()))
+    if near:
+        return f"{examples(near)} (the same but for whitespace, case or leading zeros)"
+    return f"ids such as {examples(catalogue_ids.slice(0, MAX_EXAMPLES).to_pylist())}"
+
+
+def loose_ids(ids: pa.Array) -> pa.Array:
+    """Ids as a user would read them: no surrounding whitespace, lower case, no leading zeros."""
+    return pc.utf8_ltrim(pc.utf8_lower(pc.utf8_trim_whitespace(ids)), characters="0")
+
+
+def note_timestamps(path: Path, ts: np.ndarray, keep: np.ndarray, line_of: Callable[[int], int],
+                    report: LoadReport) -> None:
+    """Note (never drop) kept timestamps that are negative or look like another unit than the bulk:
+    read as seconds, a few milliseconds land tens of thousands of years on, in the last chunk."""
+    negative = keep & (ts < 0)
+    if negative.any():
+        report.notes.append(f"{path}: {int(negative.sum()):,} timestamp(s) are negative (before 1970); kept as "
+                            f"read, e.g. {quote_stamps(path, np.flatnonzero(negative), ts, line_of)}")
+    positive = ts[keep & (ts > 0)]
+    if not len(positive):
+        return
+    median = int(np.partition(positive, len(positive) // 2)[len(positive) // 2])  # O(n), unlike np.median's copy
+    if median * UNIT_RATIO >= 2**63:
+        return  # nothing in int64 can be that far above
+    huge = keep & (ts > median * UNIT_RATIO)
+    if huge.any():
+        report.notes.append(
+            f"{path}: {int(huge.sum()):,} timestamp(s) are over {UNIT_RATIO}x the median {median} "
+            f"({utc_day(median)}), likely milliseconds or microseconds among seconds; kept as read (seconds), "
+            f"e.g. {quote_stamps(path, np.flatnonzero(huge), ts, line_of)}")
+
+
+def quote_stamps(path: Path, rows: np.ndarray, ts: np.ndarray, line_of: Callable[[int], int]) -> str:
+    """The first few of ``rows`` as ``line N: value (day)``."""
+    word = "row" if path.suffix == ".parquet" else "line"
+    return ", ".join(f"{word} {line_of(int(i))}: {int(ts[i])} ({utc_day(int(ts[i]))})" for i in examples(rows))
+
+
+def note_padded_user_ids(path: Path, user_index: np.ndarray, user_dict: pa.Array, report: LoadReport) -> None:
+    """Note the user ids (of kept rows) with surrounding whitespace; they stay distinct ids."""
+    present = np.bincount(user_index, minlength=len(user_dict)) > 0
+    note = padded_ids_note(user_dict.filter(pa.array(present)), "user")
+    if note:
+        report.notes.append(f"{path}: {note}")
+
+
+def padded_ids_note(ids: pa.Array, what: str) -> str:
+    """A note on the distinct ``ids`` that differ from their stripped form ("" if none).
+
+    They are not stripped: that would change which rows are one user or item, and the project's
+    figures depend on the data as read; the note says which pairs (" u1" and "u1") it splits.
+    """
+    stripped = pc.utf8_trim_whitespace(ids)
+    padded = pc.not_equal(stripped, ids)
+    odd, odd_stripped = ids.filter(padded), stripped.filter(padded)
+    if not len(odd):
+        return ""
+    note = (f"{len(odd):,} {what} id(s) have leading or trailing whitespace, "
+            f"e.g. {examples(odd.slice(0, MAX_EXAMPLES).to_pylist())}; "
+            f"they are kept as written (ids are compared as exact strings)")
+    twin = pc.is_in(odd_stripped, value_set=ids)
+    pairs = int(pc.sum(twin).as_py() or 0)
+    if pairs:
+        k = int(pc.index(twin, True).as_py())
+        note += (f"; {pairs:,} of them also occur without it, so e.g. {odd[k].as_py()!r} and "
+                 f"{odd_stripped[k].as_py()!r} are two different {what}s")
+    return note
 
 
 # ---------------------------------------------------------------------------- the generic reader
@@ -590,13 +695,31 @@ def read_generic(root, *, date_from: str = "", date_to: str = "", dedup: bool = 
     else:
         table, malformed = read_parquet(path, INTERACTION_COLUMNS), []
     report.rows_read = table.num_rows + len(malformed)
-    line_of = (lambda i: i + 1) if path.suffix == ".parquet" else (  # parquet: the 1-based row
-        lambda i: csv_line(i, read_raw(path, INTERACTION_COLUMNS)[1] if malformed else ()))
+    line_of = line_mapper(path, bool(malformed))
     ts, ts_empty = timestamp_seconds(table.column("timestamp"), path, line_of)
     row_items = as_ids(table.column("item_id"))
     return assemble("generic", path, report, dictionary_codes(table.column("user_id")),
                     item_codes(row_items, catalogue.column("item_id").combine_chunks()),
-                    pc.equal(row_items, "").to_numpy(), ts, ts_empty, catalogue, window, dedup)
+                    pc.equal(row_items, "").to_numpy(), ts, ts_empty, catalogue, window, dedup,
+                    row_items=row_items, line_of=line_of)
+
+
+def line_mapper(path: Path, malformed: bool) -> Callable[[int], int]:
+    """Row index → the line (CSV) or 1-based row (parquet) that an error or note names.
+
+    With malformed lines the skipped line numbers take a second, single-threaded read: done once,
+    on the first call, because only errors and notes with examples need it.
+    """
+    if path.suffix == ".parquet":
+        return lambda i: i + 1
+    skipped: list[list[int]] = []
+
+    def line_of(i: int) -> int:
+        if malformed and not skipped:
+            skipped.append(read_raw(path, INTERACTION_COLUMNS)[1])
+        return csv_line(i, skipped[0] if skipped else ())
+
+    return line_of
 
 
 def note_malformed(path: Path, malformed: list[str], report: LoadReport, *, drop: bool) -> None:
@@ -621,6 +744,9 @@ def _read_items(root: Path, report: LoadReport) -> pa.Table:
         raise DataError(str(path), "no items (the file has no data rows)")
     keep = unique_item_rows(table.column("item_id"), path, report)
     table = table.filter(pa.array(keep))
+    padded = padded_ids_note(as_ids(table.column("item_id")).combine_chunks(), "item")
+    if padded:
+        report.notes.append(f"{path}: {padded}; interactions must spell them the same way")
     n = table.num_rows
     for column in ("text", "image"):
         if column not in table.column_names:

@@ -56,6 +56,10 @@ class LoadReport:
     has_text: bool = True
     has_image: bool = True
     notes: list[str] = field(default_factory=list)
+    # UTC days of the first and last kept interaction ("" when none): a unit mix-up (milliseconds
+    # read as seconds) or a sign error shows here as a year far from the data's, not as bad figures.
+    first_day: str = ""
+    last_day: str = ""
 
     def drop(self, reason: str, count: int) -> None:
         """Count rows dropped for ``reason`` (a short snake_case phrase)."""
@@ -70,6 +74,8 @@ class LoadReport:
             "rows_dropped": sum(self.dropped.values()),
             "dropped": dict(sorted(self.dropped.items())),
             "interactions": self.interactions,
+            "first_day": self.first_day,
+            "last_day": self.last_day,
             "users": self.users,
             "items": self.items,
             "items_without_text": self.items_without_text,
@@ -86,8 +92,10 @@ class LoadReport:
         lines = [f"load report ({self.source})", f"  rows read          {self.rows_read:,}"]
         for reason, count in sorted(self.dropped.items()):
             lines.append(f"  dropped {reason:<26} {count:,}")
+        lines.append(f"  interactions kept  {self.interactions:,}")
+        if self.first_day:
+            lines.append(f"  time range (UTC)   {self.first_day} .. {self.last_day}")
         lines += [
-            f"  interactions kept  {self.interactions:,}",
             f"  users              {self.users:,}",
             f"  items              {self.items:,}",
             f"  items without text {self.items_without_text:,}" + ("" if self.has_text else " (no text modality)"),
@@ -156,6 +164,8 @@ def finish(
         schema=INTERACTIONS_SCHEMA,
     )
     report.interactions = table.num_rows
+    if len(ts):
+        report.first_day, report.last_day = utc_day(int(ts[0])), utc_day(int(ts[-1]))
     report.users = len(user_ids)
     report.items = items.num_rows
     text = items.column("text")
@@ -164,6 +174,16 @@ def finish(
     report.has_text = report.items_without_text < items.num_rows
     report.has_image = report.items_without_image < items.num_rows
     return Dataset(name=name, interactions=table, items=items, user_ids=user_ids, report=report)
+
+
+DAY_RANGE_S = 10**17  # beyond this numpy's day arithmetic wraps (an int64 row that held nanoseconds, say)
+
+
+def utc_day(seconds: int) -> str:
+    """``YYYY-MM-DD`` of epoch ``seconds`` (years past 9999 too, so a misread unit is visible)."""
+    if abs(seconds) >= DAY_RANGE_S:
+        return f"{seconds:,} s since 1970 (no calendar date)"
+    return str(np.datetime64(int(seconds), "s").astype("datetime64[D]"))
 
 
 def duplicate_mask(user: np.ndarray, item: np.ndarray, ts: np.ndarray) -> np.ndarray:
