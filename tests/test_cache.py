@@ -175,12 +175,20 @@ def test_check_cache_accepts_the_items_it_was_built_for(built):
 ])
 def test_mismatched_backbones_are_refused(built, overrides, expected):
     data, cache_dir, _ = built
-    with pytest.raises(CacheMismatchError, match="rebuild") as err:
+    with pytest.raises(CacheMismatchError) as err:
         build(data, cache_dir, cfg(*overrides))
     assert expected in err.value.differences
+    assert_names_both_ways_out(str(err.value), data, cache_dir)
     with pytest.raises(CacheMismatchError):
         check_cache(cache_dir, read_items(data), cfg(*overrides).backbone, max_words=cfg(*overrides).data.max_words,
                     pooling="cls")
+
+
+def assert_names_both_ways_out(message: str, data: Path, cache_dir: Path) -> None:
+    """The hint of a refused build: also raised by ``python -m xsmoe_ray.stream``, which has no
+    --rebuild, so it gives the cache command in full and the config key for another folder."""
+    assert f"python -m xsmoe_ray.cache --data {data} --out {cache_dir} --rebuild" in message
+    assert "cache.dir=<folder>" in message and "(rebuild=True)" not in message
 
 
 def test_check_cache_refuses_changed_or_new_items(built):
@@ -292,8 +300,9 @@ def test_rebuild_replaces_a_cache_built_with_another_pooling(built, built_mean):
 @pytest.mark.parametrize("have, want", [("cls", "mean"), ("mean", "cls")])
 def test_a_cache_built_with_another_pooling_is_refused(built, built_mean, have, want):
     data, cache_dir, _ = built if have == "cls" else built_mean
-    with pytest.raises(CacheMismatchError, match="--rebuild") as err:
+    with pytest.raises(CacheMismatchError) as err:
         build(data, cache_dir, cfg(f"cache.pooling={want}"))
+    assert_names_both_ways_out(str(err.value), data, cache_dir)
     for m in ("text", "image"):
         assert f"{m}.pooling: cached {have!r}, requested {want!r}" in err.value.differences
     with pytest.raises(CacheMismatchError, match="pooling"):
@@ -455,3 +464,106 @@ def test_read_layers_equals_indexing_the_memmap(tmp_path):
     mm = np.load(tmp_path / "x.npy", mmap_mode="r")
     for block in (1, 64, 1001, 5000):  # blocks that do and do not divide the rows, and one larger
         assert np.array_equal(read_layers(mm, [0, 3, 6], block_items=block), mm[:, [0, 3, 6]])
+
+
+# ---------------------------------------------------------------------------------------------
+# Backbone names and tokenizers, and the command's exit codes: all refused before Ray starts.
+
+
+def model_only_copy(full: Path, dest: Path) -> Path:
+    """``dest`` with what ``model.save_pretrained`` writes and no tokenizer files."""
+    dest.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(full / name, dest / name)
+    return dest
+
+
+def test_a_backbone_directory_without_its_tokenizer_is_refused(tmp_path):
+    """transformers 5 loads a tokenizer of special tokens alone from such a directory: every text
+    became [CLS] [UNK]… [SEP], every item the same vector, and the build still succeeded."""
+    full = backbones.write_text_backbone(tmp_path / "full")
+    bare = model_only_copy(full, tmp_path / "model_only")
+    for refuse in (lambda: backbones.describe(str(bare), "text"), lambda: backbones.load_tokenizer(str(bare))):
+        with pytest.raises(backbones.BackboneError) as err:
+            refuse()
+        message = str(err.value)
+        assert str(bare) in message and "vocab_size=313" in message
+        assert f"tokenizer.save_pretrained('{bare}')" in message
+    assert backbones.describe(str(full), "text")["layers"] == 4  # the same model with its tokenizer
+
+
+def test_the_tokenizer_must_know_half_the_models_vocabulary():
+    backbones.check_vocabulary(15261, 30522, "x")  # exactly half
+    backbones.check_vocabulary(50277, 50432, "x")  # an embedding table padded to a multiple of 64
+    backbones.check_vocabulary(5, None, "x")  # a config without vocab_size: nothing to compare
+    with pytest.raises(backbones.BackboneError, match="x: its tokenizer knows 15260 tokens"):
+        backbones.check_vocabulary(15260, 30522, "x")
+
+
+@pytest.mark.parametrize("name", ["/nonexistent/bert", "./tinybert_rel", "../tinybert_rel", "~/no_such_backbone_xsmoe",
+                                  "models/bert/base"])
+def test_a_missing_backbone_directory_is_named_not_sent_to_the_hub(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    expected = Path(name).expanduser().resolve()
+    with pytest.raises(backbones.BackboneError) as err:
+        backbones.resolve_source(name, "text")
+    assert str(err.value) == f"backbone.text={name}: backbone directory not found: {expected}"
+
+
+def test_a_backbone_path_to_a_file_is_refused(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(backbones.BackboneError, match="backbone path is not a directory: .*model.safetensors"):
+        backbones.resolve_source(str(tmp_path / "model.safetensors"), "image")
+
+
+@pytest.mark.parametrize("name", ["bert-base-uncased", "sentence-transformers/all-MiniLM-L6-v2"])
+def test_hub_ids_go_to_the_hub(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no local directory of that name
+    assert backbones.resolve_source(name, "text") == name
+
+
+def run_cache_cli(capsys, *args: str) -> tuple[int, str]:
+    from xsmoe_ray.cache.cli import main
+
+    capsys.readouterr()  # drop what came before (save_pretrained's progress bars)
+    code = main(list(args))
+    return code, capsys.readouterr().err
+
+
+def test_cache_command_user_errors_exit_2_with_one_line(tmp_path, capsys):
+    """As every python -m xsmoe_ray.… command (xsmoe_ray.cli.run_guarded); it once exited 1."""
+    out = str(tmp_path / "cache")
+    code, err = run_cache_cli(capsys, "--data", str(tmp_path / "nope"), "--out", out)
+    assert code == 2 and err == f"error: {tmp_path / 'nope' / 'items.parquet'}: not found; is {tmp_path / 'nope'} " \
+                                 "a prepared dataset directory?\n"
+    code, err = run_cache_cli(capsys, "--data", str(tmp_path), "--out", out, "cache.pooling=max")
+    assert code == 2 and err.startswith("error: ") and "cache.pooling" in err
+    code, err = run_cache_cli(capsys, "--data", str(tmp_path))
+    assert code == 2 and err == "error: give --out or cache.dir=…\n"
+
+
+def test_a_corrupt_prepared_dataset_is_a_one_line_error(tmp_path, capsys):
+    data = write_prepared(tmp_path / "data", 3, images=False)
+    (data / "items.parquet").write_bytes(b"not parquet")
+    code, err = run_cache_cli(capsys, "--data", str(data), "--out", str(tmp_path / "cache"))
+    assert code == 2 and err.startswith(f"error: {data}: cannot read the prepared dataset: ") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("backbone, expected", [
+    ("./no_such_bert", "backbone.text=./no_such_bert: backbone directory not found: {tmp}/no_such_bert"),
+    ("model_only", "text backbone {tmp}/model_only: its tokenizer knows 5 tokens"),
+])
+def test_cache_command_refuses_an_unusable_text_backbone(backbone, expected, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    model_only_copy(backbones.write_text_backbone(tmp_path / "full"), tmp_path / "model_only")
+    data = write_prepared(tmp_path / "data", 3, images=False)
+    code, err = run_cache_cli(capsys, "--data", str(data), "--out", str(tmp_path / "cache"),
+                              f"backbone.text={backbone}", "backbone.image=none")
+    assert code == 2 and err.startswith("error: " + expected.format(tmp=tmp_path))
+    assert not (tmp_path / "cache" / "manifest.json").exists()
+
+
+def test_python_m_cache_exits_2_on_a_user_error(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "xsmoe_ray.cache", "--data", str(tmp_path / "nope"),
+                           "--out", str(tmp_path / "cache")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.startswith("error: ") and "Traceback" not in done.stderr

@@ -247,9 +247,38 @@ def resolve_source(name: str, modality: str, root: str | Path | None = None) -> 
         return None
     if name == DEMO:
         return str(ensure_demo(modality, root))
-    if Path(name).expanduser().is_dir():
-        return str(Path(name).expanduser().resolve())
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path.resolve())
+    if is_path_name(name):
+        raise missing_directory(name, modality, path)
     return name
+
+
+# A name starting with one of these is a filesystem path even where the hub's rules would allow it.
+PATH_PREFIXES = ("/", "~", "./", "../")
+
+
+def is_path_name(name: str) -> bool:
+    """True when ``name`` can only mean a local directory: an absolute, home or ``./``/``../`` path, or
+    a string the hub client refuses as a repo id (``models/bert/base``). Such a name that does not
+    exist would otherwise reach the hub and come back as a repo-id syntax error that hides the path."""
+    if name.startswith(PATH_PREFIXES) or name in (".", ".."):
+        return True
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return True
+    return False
+
+
+def missing_directory(name: str, modality: str, path: Path) -> BackboneError:
+    """The error for a path-like backbone name that is no directory; the absolute path shows which
+    working directory a relative name was looked up from."""
+    problem = "backbone path is not a directory" if path.exists() else "backbone directory not found"
+    return BackboneError(f"backbone.{modality}={name}: {problem}: {path.resolve()}")
 
 
 def backbone_id(name: str, modality: str) -> str:
@@ -279,6 +308,8 @@ def describe(name: str, modality: str, root: str | Path | None = None) -> dict[s
     if not isinstance(layers, int) or not isinstance(dim, int):
         raise BackboneError(f"{modality} backbone {name!r}: config has no num_hidden_layers/hidden_size; "
                          "use a BERT/ViT-style encoder")
+    if modality == "text":  # refuse an unusable tokenizer here, before a Ray job loads it in every task
+        load_tokenizer(source)
     return {
         "backbone": name,
         "id": backbone_id(name, modality),
@@ -307,12 +338,37 @@ def _snapshot_revision(source: str) -> str | None:
     return match.group(1) if match else None
 
 
+# A tokenizer that knows fewer than this share of the model's vocabulary (config.json ``vocab_size``)
+# is not the model's own. Real tokenizers cover their embedding table: len(tokenizer) == vocab_size
+# for BERT and MiniLM (30522), a few percent short where the table is padded to a multiple of 64 or
+# 128 (GPT-NeoX: 50277 of 50432); the demo's is 311 of 313. transformers 5, given a directory without
+# tokenizer files, builds one of the special tokens alone (5 of 30522) that turns every word into
+# [UNK], so every item would encode the same. One half lies far from both.
+MIN_VOCAB_SHARE = 0.5
+
+
 @functools.lru_cache(maxsize=4)
 def load_tokenizer(source: str):
-    """Cached per process: Ray reuses worker processes, so CPU-stage tasks load a tokenizer once."""
-    from transformers import AutoTokenizer
+    """Cached per process: Ray reuses worker processes, so CPU-stage tasks load a tokenizer once.
+    Refuses a tokenizer that does not cover the model's vocabulary (:data:`MIN_VOCAB_SHARE`)."""
+    from transformers import AutoConfig, AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(source)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as e:  # transformers 4.x: no tokenizer files; or offline
+        raise BackboneError(f"cannot load the tokenizer of the text backbone {source}: {e}") from e
+    check_vocabulary(len(tokenizer), getattr(AutoConfig.from_pretrained(source), "vocab_size", None), source)
+    return tokenizer
+
+
+def check_vocabulary(tokens: int, vocab_size: int | None, source: str) -> None:
+    """Raise unless a tokenizer of ``tokens`` tokens plausibly belongs to a model of ``vocab_size``."""
+    if isinstance(vocab_size, int) and tokens < MIN_VOCAB_SHARE * vocab_size:
+        raise BackboneError(
+            f"text backbone {source}: its tokenizer knows {tokens} tokens but config.json says vocab_size="
+            f"{vocab_size}, so most words would encode as [UNK] (a directory with only the model files "
+            f"gets such a tokenizer). Save the model's own tokenizer next to it: "
+            f"tokenizer.save_pretrained({source!r})")
 
 
 def load_model(source: str) -> torch.nn.Module:

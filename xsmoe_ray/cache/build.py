@@ -240,7 +240,7 @@ def build_cache(data_dir: str | Path, cache_dir: str | Path, cfg, rebuild: bool 
     (pooling included), unless ``rebuild``. ``threads`` = torch threads per CPU encoder actor (0 = automatic).
     """
     start = time.perf_counter()
-    items, summary = read_prepared(data_dir)
+    items, summary = _read_prepared(data_dir)
     modalities = requested_modalities(cfg.backbone, bool(summary.get("has_text")), bool(summary.get("has_image")))
     if not modalities:
         raise CacheError(f"{data_dir}: nothing to encode (has_text={summary.get('has_text')}, "
@@ -253,8 +253,7 @@ def build_cache(data_dir: str | Path, cache_dir: str | Path, cfg, rebuild: bool 
         if old is not None:
             differences = spec_differences(old.manifest["modalities"], specs)
             if differences:
-                raise CacheMismatchError(cache_dir, differences,
-                                         "re-encode with the new backbones/settings explicitly: --rebuild (rebuild=True)")
+                raise CacheMismatchError(cache_dir, differences, mismatch_hint(data_dir, cache_dir))
         item_ids = items.column("item_id").to_pylist()
         hashes = {m: content_hashes(items, m, cfg.data.max_words) for m in modalities}
         reuse = {m: reuse_rows(item_ids, hashes[m], old.manifest if old else None, m) for m in modalities}
@@ -267,6 +266,24 @@ def build_cache(data_dir: str | Path, cache_dir: str | Path, cfg, rebuild: bool 
         report = _write_build(cache_dir, items, specs, hashes, reuse, old, cfg, threads)
         report.seconds = time.perf_counter() - start
         return report
+
+
+def mismatch_hint(data_dir: str | Path, cache_dir: Path) -> str:
+    """What to do about a cache built another way; raised from ``python -m xsmoe_ray.stream`` too,
+    which has no ``--rebuild``, so both ways out are spelled as commands and config keys."""
+    return (f"re-encode every item with the requested backbones/settings (same --config and key=value overrides):\n"
+            f"  python -m xsmoe_ray.cache --data {data_dir} --out {cache_dir} --rebuild\n"
+            f"or keep this cache and write the new one to another folder: cache.dir=<folder> "
+            f"(or --out <folder> for python -m xsmoe_ray.cache)")
+
+
+def _read_prepared(data_dir: str | Path) -> tuple[pa.Table, dict[str, Any]]:
+    """:func:`read_prepared`, with an unreadable file as a :class:`CacheError` naming the directory:
+    the commands print that as one line, where pyarrow's or json's bare ValueError is a traceback."""
+    try:
+        return read_prepared(data_dir)
+    except (pa.ArrowException, ValueError) as e:  # corrupt parquet, missing column, bad JSON
+        raise CacheError(f"{data_dir}: cannot read the prepared dataset: {e}") from e
 
 
 def _previous(cache_dir: Path):

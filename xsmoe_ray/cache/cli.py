@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from typing import Sequence
 
-from xsmoe_ray.cache.layout import CacheError
+from xsmoe_ray.cli import run_guarded
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -28,27 +27,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """0 on success; 2 with a one-line ``error: …`` on a user error, as every ``python -m xsmoe_ray.…``."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    return run_guarded(lambda: build(args))
+
+
+def build(args: argparse.Namespace) -> None:
+    """The command's work; its user errors are raised, for :func:`run_guarded` to print as one line."""
     from ray.data import DataContext
 
     from xsmoe_ray.cache.build import build_cache
     from xsmoe_ray.config import ConfigError, load_config
 
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, args.overrides)
     out = args.out or cfg.cache.dir
     if not out:
-        print("error: give --out or cache.dir=…", file=sys.stderr)
-        return 2
+        raise ConfigError("give --out or cache.dir=…")
     DataContext.get_current().enable_progress_bars = True
-    try:
-        report = build_cache(args.data, out, cfg, rebuild=args.rebuild, threads=args.threads)
-    except (CacheError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    report = build_cache(args.data, out, cfg, rebuild=args.rebuild, threads=args.threads)
     print(report.format())
-    return 0
