@@ -160,6 +160,8 @@ def test_amazon_fast_and_line_paths_agree(tmp_path):
     assert rows(fast) == rows(slow) == AMAZON_EXPECTED
     assert fast.report.to_dict() == slow.report.to_dict()
     assert fast.report.dropped == {"empty_user_id": 1, "item_not_in_items": 1, "empty_timestamp": 1}
+    assert any("item_not_in_items: 1 row(s) with 1 item id(s) that the items file does not have, e.g. ['NOPE']" in n
+               for n in fast.report.notes)
 
 
 def test_amazon_category_resolution(tmp_path):

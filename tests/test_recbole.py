@@ -271,6 +271,9 @@ def test_counted_drops_and_notes(tmp_path):
     notes = "\n".join(ds.report.notes)
     assert "1 item row(s) without an id were ignored" in notes and "1 item row(s) repeat an earlier id" in notes
     assert notes.count("line(s) with the wrong number of fields were skipped") == 2
+    # the reader hands its ids to the shared notes: the unknown item is quoted by name
+    assert "item_not_in_items: 1 row(s) with 1 item id(s) that the items file does not have, e.g. ['Casino (1995)']" \
+        in notes
     kept = load_recbole(root, dedup=False, date_from="1970-01-02")  # the row at second 2 is outside first
     assert kept.report.dropped == {"malformed_row": 1, "empty_user_id": 1, "empty_item_id": 1, "empty_timestamp": 1,
                                    "outside_date_range": 1}

@@ -97,7 +97,7 @@ def read_amazon(root, category: str = "", *, date_from: str = "", date_to: str =
     row_items = as_ids(items)
     return assemble(f"amazon-{file_stem(reviews)}", reviews, report, dictionary_codes(users),
                     item_codes(row_items, catalogue.column("item_id").combine_chunks()),
-                    pc.equal(row_items, "").to_numpy(), ts, ts_empty, catalogue, window, dedup)
+                    pc.equal(row_items, "").to_numpy(), ts, ts_empty, catalogue, window, dedup, row_items=row_items)
 
 
 # ---------------------------------------------------------------------------- which files

@@ -106,7 +106,8 @@ def load_recbole(root, name: str = "", *, user_field: str = "user_id", item_fiel
     ts, ts_empty = time_seconds(table.column(time_field), inter_path, time_field, line_of)
     return assemble("recbole", inter_path, report, dictionary_codes(users),
                     item_codes(row_items, catalogue.column("item_id").combine_chunks()),
-                    pc.equal(row_items, "").to_numpy(zero_copy_only=False), ts, ts_empty, catalogue, window, dedup)
+                    pc.equal(row_items, "").to_numpy(zero_copy_only=False), ts, ts_empty, catalogue, window, dedup,
+                    row_items=row_items, line_of=line_of)
 
 
 # ---------------------------------------------------------------------------- files and header
