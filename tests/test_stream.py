@@ -113,14 +113,16 @@ def test_standardisation_is_fitted_on_d0_and_kept_through_resume_and_ranks(unint
             assert all(torch.equal(got[k], plain[k]) for k in plain), other
 
 
-def test_a_grouping_the_backbones_cannot_take_stops_before_training(uninterrupted, capsys):
+def test_a_grouping_the_backbones_cannot_take_stops_before_encoding(uninterrupted, capsys):
     from xsmoe_ray.stream import main
 
     cfg, _, tmp = uninterrupted
+    fresh_cache = tmp / "bad_grouping_cache"
     overrides = [*TINY, f"run.out={tmp / 'bad_grouping'}", f"data.path={tmp.parent / 'shared_data' / 'synthetic'}",
-                 f"cache.dir={tmp.parent / 'shared_data' / 'cache'}", "model.layers_per_group=3"]
+                 f"cache.dir={fresh_cache}", "model.layers_per_group=3"]
     assert main(overrides) == 2
     assert "cannot be split into groups of 3" in capsys.readouterr().err
+    assert not fresh_cache.exists()  # read from the backbones' configs: nothing was encoded
     assert not (tmp / "bad_grouping" / "ray").exists()  # no trainer was started
 
 

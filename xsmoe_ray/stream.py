@@ -58,12 +58,32 @@ def data_stages(cfg: ExperimentConfig, out: Path, continuing: bool = False) -> t
 
     prepared = out / "prepared"
     prepare_data(cfg, prepared, extend=continuing)
+    check_grouping_before_encoding(cfg, prepared)
     cache = cache_dir_of(cfg, out)
     report = build_cache(prepared, cache, cfg)
     print(f"[stream] {report.format()}", flush=True)
     for line in placeholder_lines(report.manifest, cache):
         print(f"[stream] {line}", flush=True)
     return prepared, cache
+
+
+def check_grouping_before_encoding(cfg: ExperimentConfig, prepared: Path) -> None:
+    """Refuse a layer grouping the backbones' depth cannot take before the cache build, which can take
+    hours for a large catalogue. Reads the configs of the backbones the prepared data will use; one
+    that cannot be described here is left to the cache build, which reports it (the built cache's
+    manifest is checked again before training: :func:`check_model_fits`)."""
+    from xsmoe_ray.backbones import BackboneError, describe
+    from xsmoe_ray.cache import group_index
+    from xsmoe_ray.cache.layout import requested_modalities
+    from xsmoe_ray.prepared import read_summary
+
+    summary = read_summary(prepared)
+    for modality in requested_modalities(cfg.backbone, bool(summary["has_text"]), bool(summary["has_image"])):
+        try:
+            layers = int(describe(getattr(cfg.backbone, modality), modality)["layers"])
+        except (BackboneError, OSError):
+            continue
+        group_index(layers, cfg.model.layers_per_group)
 
 
 def placeholder_lines(manifest: dict, cache: Path, shown: int = 3) -> list[str]:
