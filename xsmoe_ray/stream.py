@@ -51,14 +51,17 @@ def cache_dir_of(cfg: ExperimentConfig, out: Path) -> Path:
     return Path(cfg.cache.dir).expanduser().resolve() if cfg.cache.dir else out / "cache"
 
 
-def data_stages(cfg: ExperimentConfig, out: Path, continuing: bool = False) -> tuple[Path, Path]:
+def data_stages(cfg: ExperimentConfig, out: Path, continuing: bool = False,
+                grouping: int | None = None) -> tuple[Path, Path]:
     """Prepare and cache (each reused when current); returns their directories. ``continuing``: the
-    run has trained windows, so grown data only adds chunks (xsmoe_ray/live.py)."""
+    run has trained windows, so grown data only adds chunks (xsmoe_ray/live.py). ``grouping``: a
+    layer grouping to check against the backbones before encoding (a sweep checks its own)."""
     from xsmoe_ray.cache import build_cache
 
     prepared = out / "prepared"
     prepare_data(cfg, prepared, extend=continuing)
-    check_grouping_before_encoding(cfg, prepared)
+    if grouping is not None:
+        check_grouping_before_encoding(cfg, prepared, grouping)
     cache = cache_dir_of(cfg, out)
     report = build_cache(prepared, cache, cfg)
     print(f"[stream] {report.format()}", flush=True)
@@ -67,7 +70,7 @@ def data_stages(cfg: ExperimentConfig, out: Path, continuing: bool = False) -> t
     return prepared, cache
 
 
-def check_grouping_before_encoding(cfg: ExperimentConfig, prepared: Path) -> None:
+def check_grouping_before_encoding(cfg: ExperimentConfig, prepared: Path, layers_per_group: int) -> None:
     """Refuse a layer grouping the backbones' depth cannot take before the cache build, which can take
     hours for a large catalogue. Reads the configs of the backbones the prepared data will use; one
     that cannot be described here is left to the cache build, which reports it (the built cache's
@@ -83,7 +86,7 @@ def check_grouping_before_encoding(cfg: ExperimentConfig, prepared: Path) -> Non
             layers = int(describe(getattr(cfg.backbone, modality), modality)["layers"])
         except (BackboneError, OSError):
             continue
-        group_index(layers, cfg.model.layers_per_group)
+        group_index(layers, layers_per_group)
 
 
 def placeholder_lines(manifest: dict, cache: Path, shown: int = 3) -> list[str]:
@@ -211,7 +214,8 @@ def _run(cfg: ExperimentConfig, where, extra: dict | None) -> list[dict]:
     check_resume(cfg, out, where.storage)
     (out / "config.yaml").write_text(dump_yaml(cfg))
     check_local_resources(cfg, ensure_ray(cfg.run.num_cpus))
-    prepared, cache = data_stages(cfg, out, has_registered_windows(where.storage, cfg.run.name))
+    prepared, cache = data_stages(cfg, out, has_registered_windows(where.storage, cfg.run.name),
+                                  grouping=cfg.model.layers_per_group)
     check_model_fits(cache, cfg.model)
     result = fit(cfg, where.storage, prepared, cache, extra)
     history = history_of(result)
