@@ -216,3 +216,35 @@ def test_placeholders_are_counted_and_named_on_the_console(tmp_path):
     assert lines[0].startswith("image: 5 item(s) encoded as placeholders, e.g. sku-0: corrupt image")
     assert "sku-2" in lines[0] and "sku-3" not in lines[0]  # three examples, the manifest has the rest
     assert str(tmp_path / "manifest.json") in lines[0]
+
+
+def test_a_run_puts_back_the_sigint_handler_it_found(uninterrupted):
+    """Ray Train's fit installs its own SIGINT handler and leaves it; --follow, waiting between runs,
+    then needed three Ctrl-C and never printed its stop line."""
+    import signal
+
+    cfg, history, _ = uninterrupted
+    def mine(signum, frame):  # a handler the caller owns
+        raise KeyboardInterrupt
+    before = signal.signal(signal.SIGINT, mine)
+    try:
+        assert run(cfg) == history  # a relaunch of the finished run: fit() runs, trains nothing
+        assert signal.getsignal(signal.SIGINT) is mine
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def test_sigint_kept_restores_whatever_the_block_installs():
+    import signal
+
+    from xsmoe_ray.stream import sigint_kept
+
+    def mine(signum, frame):
+        raise KeyboardInterrupt
+    before = signal.signal(signal.SIGINT, mine)
+    try:
+        with sigint_kept():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # as Ray Train's fit does with its own
+        assert signal.getsignal(signal.SIGINT) is mine
+    finally:
+        signal.signal(signal.SIGINT, before)

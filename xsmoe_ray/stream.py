@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from xsmoe_ray.cli import run_guarded
@@ -136,7 +139,24 @@ def fit(cfg: ExperimentConfig, storage: str, prepared: Path, cache: Path, extra:
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
     )
-    return trainer.fit()
+    with sigint_kept():
+        return trainer.fit()
+
+
+@contextmanager
+def sigint_kept():
+    """Put the SIGINT handler back after the block: Ray Train's ``fit`` installs its own (Ctrl-C aborts
+    the training run) and leaves it in place, so ``--follow``, waiting for new data between runs, took
+    three Ctrl-C to stop and never printed its own stop line."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers (a Tune trial runs this elsewhere)
+        return
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        if before is not None:  # None: a handler not set from Python, which cannot be put back
+            signal.signal(signal.SIGINT, before)
 
 
 OUTPUTS = ["config.yaml", "results.csv", "results.md", "metrics.png", "experts.png", "history.json"]
