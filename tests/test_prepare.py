@@ -168,7 +168,7 @@ def test_a_generic_dataset_given_without_its_format_is_left_untouched(tmp_path, 
     before = sorted(p.name for p in mine.iterdir())
     assert prepare_main(["--data-dir", str(mine), "--out", str(tmp_path / "prep")]) == 2
     err = capsys.readouterr().err
-    assert "was not written by the synthetic generator" in err and "give its format" in err
+    assert "was not written by the synthetic generator" in err and "in its own format (prepare --format" in err
     assert "interactions.parquet" in err
     assert sorted(p.name for p in mine.iterdir()) == before  # nothing generated into it
     assert not (tmp_path / "prep").exists()

@@ -401,8 +401,8 @@ def _prepare_out(out: Path) -> None:
     if present:
         shown = ", ".join(present[:5]) + (f" and {len(present) - 5} more" if len(present) > 5 else "")
         raise FileExistsError(f"{out} is not empty ({shown}) and was not written by the synthetic generator "
-                              f"(no {META_FILE}). If it is your dataset, give its format (--format or "
-                              "data.format: hm, amazon, generic, recbole); otherwise choose an empty directory "
+                              f"(no {META_FILE}). If it is your dataset, prepare it in its own format (prepare --format, or "
+                              "data.format=hm|amazon|generic|recbole); otherwise choose an empty directory "
                               "for the synthetic data")
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} is a file; the synthetic generator needs a directory")
