@@ -22,6 +22,7 @@ from tests.fixtures import (
     write_hm,
 )
 from xsmoe_ray.data import DataError, load_amazon, load_dataset, load_generic, load_hm
+from xsmoe_ray.data.amazon import read_amazon
 
 WRITERS = {
     "hm": write_hm,
@@ -173,6 +174,49 @@ def test_amazon_bad_review_time(tmp_path):
     with pytest.raises(DataError, match=r"line 3, field 'unixReviewTime': cannot parse 'soon' as int seconds"):
         load_amazon(tmp_path)
     assert str(path) in str(pytest.raises(DataError, load_amazon, tmp_path).value)
+
+
+def as_2023_release(review: dict) -> dict:
+    """The field names of the Amazon reviews 2023 release (timestamp in milliseconds)."""
+    return {"rating": 5.0, "title": "ok", "text": review.get("reviewText", ""), "images": [],
+            "asin": review["asin"], "parent_asin": review["asin"], "user_id": review["reviewerID"],
+            "timestamp": review["unixReviewTime"] * 1000, "helpful_vote": 0, "verified_purchase": True}
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "per-line"])
+def test_amazon_2023_release_fields_are_named_not_dropped(tmp_path, fast):
+    """Audit: these ended in "no interactions (all rows were dropped: {'empty_user_id': ...})"."""
+    path = write_amazon(tmp_path, reviews=[as_2023_release(r) for r in AMAZON_REVIEWS]) / "All_Beauty.json.gz"
+    with pytest.raises(DataError) as e:
+        read_amazon(tmp_path, fast=fast)
+    assert str(e.value).startswith(
+        f"{path}, field 'reviewerID': missing field: no line has it (the lines have ['rating', 'title', 'text', "
+        "'images', 'asin', 'parent_asin', 'user_id', 'timestamp', 'helpful_vote', 'verified_purchase']); "
+        "['unixReviewTime'] are missing too; these look like the Amazon reviews 2023 release's fields")
+    assert "this reader reads the 2018 release (reviewerID, asin, unixReviewTime" in str(e.value)
+    assert (e.value.row, e.value.field) == (None, "reviewerID")
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "per-line"])
+@pytest.mark.parametrize("literal", [False, True], ids=["json", "python-literal"])
+def test_amazon_field_absent_from_every_line_is_fatal(tmp_path, fast, literal):
+    reviews = [{k: v for k, v in r.items() if k != "unixReviewTime"} for r in AMAZON_REVIEWS]
+    path = write_amazon(tmp_path, reviews=reviews, literal=literal) / "All_Beauty.json.gz"
+    with pytest.raises(DataError, match=r"field 'unixReviewTime': missing field: no line has it \(the lines have "
+                       r"\['overall', 'verified', 'reviewTime', 'reviewerID', 'asin', 'reviewerName', "
+                       r"'reviewText', 'summary', 'style', 'vote'\]\)$") as e:  # every line's fields, first seen first
+        read_amazon(tmp_path, fast=fast)
+    assert e.value.file == str(path)
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "per-line"])
+def test_amazon_field_absent_from_some_lines_or_null_in_all_stays_a_counted_drop(tmp_path, fast):
+    reviews = [*AMAZON_REVIEWS, {k: v for k, v in AMAZON_REVIEWS[0].items() if k != "unixReviewTime"}]
+    ds = read_amazon(write_amazon(tmp_path / "some", reviews=reviews), fast=fast)
+    assert ds.report.dropped == {"empty_timestamp": 1} and ds.report.interactions == 5
+    write_amazon(tmp_path / "null", reviews=[{**r, "reviewerID": None} for r in AMAZON_REVIEWS])
+    with pytest.raises(DataError, match=r"no interactions \(all 5 rows were dropped: \{'empty_user_id': 5\}\)"):
+        read_amazon(tmp_path / "null", fast=fast)  # the field is there, its values are empty
 
 
 @pytest.mark.parametrize("key, value", [("date_from", "2018-02-30"), ("date_to", "20180901")])

@@ -375,6 +375,112 @@ def test_download_images_cli(tmp_path, capsys):
     assert done.returncode == 0 and "--category" in done.stdout
 
 
+HTML = b"<!DOCTYPE html><html><body>Sorry, no image</body></html>"
+
+
+def _download_root(tmp_path: Path, urls: dict[str, str], existing: dict[str, bytes] | None = None) -> Path:
+    """An Amazon root whose metadata gives each asin one image URL, with ``existing`` images/ files."""
+    root = tmp_path / "data"
+    write_amazon(root, meta=[{"asin": a, "imageURL": [u]} for a, u in urls.items()], with_image=())
+    for asin, data in (existing or {}).items():
+        write_bytes(root / "images" / f"{asin}.jpg", data)
+    return root
+
+
+def test_download_images_percent_encodes_non_ascii_urls(tmp_path, image_server):
+    """Audit: one 'café.jpg' URL raised UnicodeEncodeError in urllib and ended the whole run."""
+    write_image(tmp_path / "served" / "café.jpg", (9, 9, 9))
+    root = _download_root(tmp_path, {"B0000530HU": f"{image_server}/hi.jpg", "B00006L9LC": f"{image_server}/café.jpg"})
+    report = img.download_amazon_images(root, workers=2, retries=0, timeout=5)
+    assert (report["ok"], report["failed"]) == (2, 0)
+    assert (root / "images" / "B00006L9LC.jpg").read_bytes() == (tmp_path / "served" / "café.jpg").read_bytes()
+    assert _Handler.calls == {"/hi.jpg": 1, "/caf%C3%A9.jpg": 1}
+
+
+def test_download_images_url_that_cannot_be_sent_fails_alone(tmp_path, image_server, monkeypatch, capsys):
+    """Whatever urllib still rejects with a ValueError is that URL's failure; the rest and the report go on."""
+    monkeypatch.setattr(img, "request_url", lambda url: url)  # as before the fix: the raw non-ASCII URL
+    root = _download_root(tmp_path, {"B0000530HU": f"{image_server}/hi.jpg", "B00006L9LC": f"{image_server}/café.jpg"})
+    assert img.main(["--data-dir", str(root), "--retries", "2", "--timeout", "5"]) == 0
+    report = json.loads((root / "images" / "download_report.json").read_text())
+    assert (report["ok"], report["failed"]) == (1, 1)
+    assert report["failures"]["B00006L9LC"]["reason"].startswith("UnicodeEncodeError: 'ascii' codec")
+    assert _Handler.calls == {"/hi.jpg": 1}  # the bad URL was not retried: it would fail the same way
+
+
+@pytest.mark.parametrize("url, sent", [
+    ("http://h.example/a%20b/c.jpg?x=1&y=%2F;z=[2]#top", "http://h.example/a%20b/c.jpg?x=1&y=%2F;z=[2]#top"),
+    ("https://h.example/I/51+kX-(1)_SL~1500_.jpg", "https://h.example/I/51+kX-(1)_SL~1500_.jpg"),
+    ("http://h.example/café 1.jpg?q=é", "http://h.example/caf%C3%A9%201.jpg?q=%C3%A9"),
+    ("http://bücher.example:8080/x.jpg", "http://xn--bcher-kva.example:8080/x.jpg"),
+])
+def test_request_url_encodes_only_what_a_valid_url_cannot_hold(url, sent):
+    assert img.request_url(url) == sent
+
+
+def _image_bytes(fmt: str) -> bytes:
+    from io import BytesIO
+
+    from PIL import Image
+
+    out = BytesIO()
+    Image.new("RGB", (4, 4), (1, 2, 3)).save(out, fmt)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF"])
+def test_is_image_accepts_images(fmt):
+    from io import BytesIO
+
+    data = _image_bytes(fmt)
+    assert img.is_image(data[:img.HEAD_BYTES], BytesIO(data))
+
+
+@pytest.mark.parametrize("data", [HTML, b"RIFF\x10\x00\x00\x00WAVEfmt ", b"\xff\xd8", b"{}", b"\x00" * 64])
+def test_is_image_rejects_other_bytes(data):
+    from io import BytesIO
+
+    assert not img.is_image(data[:img.HEAD_BYTES], BytesIO(data))
+
+
+def test_download_images_rejects_non_images_and_fetches_them_again(tmp_path, image_server):
+    """Audit: an HTML page (HTTP 200) was saved as <asin>.jpg, counted ok, and skipped on every later run."""
+    write_bytes(tmp_path / "served" / "page.jpg", HTML)
+    urls = {"B0000530HU": f"{image_server}/page.jpg", "B00006L9LC": f"{image_server}/hi.jpg",
+            "B00008JOQI": f"{image_server}/missing.jpg", "B0000CCDW6": f"{image_server}/small.jpg"}
+    root = _download_root(tmp_path, urls, existing={"B00006L9LC": HTML, "B00008JOQI": HTML,
+                                                    "B0000CCDW6": (tmp_path / "served" / "small.jpg").read_bytes()})
+    report = img.download_amazon_images(root, workers=2, retries=1, timeout=5)
+    assert (report["ok"], report["skipped"], report["failed"], report["refetched_non_images"]) == (1, 1, 2, 2)
+    assert report["failures"]["B0000530HU"] == {
+        "url": urls["B0000530HU"], "reason": "not an image (starts with '<!DOCTYPE html><', Content-Type image/jpeg)"}
+    assert _Handler.calls["/page.jpg"] == 1  # the server's answer, not a hiccup: no retry
+    assert not (root / "images" / "B0000530HU.jpg").exists() and not list((root / "images").glob(".*.part"))
+    assert (root / "images" / "B00006L9LC.jpg").read_bytes() == (tmp_path / "served" / "hi.jpg").read_bytes()
+    assert report["failures"]["B00008JOQI"]["reason"].startswith("HTTP 404")
+    assert "not an image; kept" in report["failures"]["B00008JOQI"]["existing_file"]
+    again = img.download_amazon_images(root, workers=2, retries=0, timeout=5)
+    assert (again["ok"], again["skipped"], again["failed"], again["refetched_non_images"]) == (0, 2, 2, 1)
+    assert _Handler.calls["/missing.jpg"] == 2
+
+
+def test_download_images_exit_code_says_whether_anything_was_fetched(tmp_path, image_server, capsys):
+    """Audit: the downloader exited 0 when every image failed."""
+    urls = {"B0000530HU": f"{image_server}/missing.jpg", "B00006L9LC": f"{image_server}/gone.jpg"}
+    root = _download_root(tmp_path, urls)
+    assert img.main(["--data-dir", str(root), "--retries", "0"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: all 2 image URL(s) failed; the most common reason (2x): HTTP 404")
+    assert str(root / "images" / "download_report.json") in err
+    assert (root / "images" / "download_report.json").is_file()
+    write_image(root / "images" / "B0000530HU.jpg")  # one already there: the run did its job
+    assert img.main(["--data-dir", str(root), "--retries", "0"]) == 0
+    assert "error" not in capsys.readouterr().err
+    help_text = subprocess.run([sys.executable, "-m", "xsmoe_ray.data.images", "--help"], capture_output=True,
+                               text=True, timeout=60).stdout
+    assert "1 when every image URL failed" in " ".join(help_text.split())
+
+
 def test_write_bytes_gz_roundtrip(tmp_path):
     import gzip
 

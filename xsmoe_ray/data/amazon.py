@@ -30,7 +30,9 @@ Fatal ``DataError`` (file, 1-based line, field): no reviews file for the categor
 category, zero or several: the message lists them), a missing or zero-byte metadata/reviews file,
 an unreadable gzip stream, a metadata file with no readable item, no reviews left ("no
 interactions"), an ``unixReviewTime`` that is neither empty nor a number, invalid UTF-8 inside a
-``reviewerID`` or ``asin``.
+``reviewerID`` or ``asin``, a ``reviewerID``, ``asin`` or ``unixReviewTime`` that no line has at all
+(the message lists the fields the lines do have, and names the 2023 release when its ``user_id`` /
+``parent_asin`` are there; a field absent from only some lines is counted as empty).
 
 Counted drops (``rows_read == interactions + sum(dropped)``, blank lines are not rows):
 ``malformed_line`` (neither JSON nor a Python literal dict), ``empty_user_id``, ``empty_item_id``,
@@ -73,6 +75,8 @@ from xsmoe_ray.data.generic import (
 from xsmoe_ray.data.schema import DataError, Dataset, LoadReport
 
 REVIEW_SCHEMA = pa.schema([("reviewerID", pa.string()), ("asin", pa.string()), ("unixReviewTime", pa.int64())])
+RELEASE_2023_FIELDS = ("user_id", "parent_asin")  # the 2023 release's names for reviewerID and the item
+MAX_FIELDS_SHOWN = 30
 _REVIEWS_RE = re.compile(r"^(?!meta_)(?!\.)(.+?)\.json(\.gz)?$")
 _META_RE = re.compile(r"^meta_(.+?)\.json(\.gz)?$")
 _TAG_RE = re.compile(r"<[^>]*>")
@@ -308,6 +312,8 @@ def _read_reviews_arrow(path: Path) -> pa.Table | None:
         table.validate(full=True)  # the JSON parser passes some invalid UTF-8 through into strings
     except (pa.ArrowException, ValueError, *_READ_ERRORS):
         return None
+    if table.num_rows and any(table.column(f).null_count == table.num_rows for f in REVIEW_SCHEMA.names):
+        return None  # absent or null in every line: only the per-line reader can tell which (and say so)
     return table
 
 
@@ -318,10 +324,13 @@ def _read_reviews_lines(path: Path, report: LoadReport
     ts: list[int] = []
     ts_empty: list[bool] = []
     malformed: list[int] = []
+    fields: dict = {}  # every key seen, in first-seen order (a dict as an ordered set)
     for number, record, bad_utf8 in iter_records(path):
         if record is None:
             malformed.append(number)
             continue
+        if not fields.keys() >= record.keys():
+            fields.update(dict.fromkeys(record))
         user, item = text_id(record.get("reviewerID")), text_id(record.get("asin"))
         _check_id(user, bad_utf8, path, number, "reviewerID")
         _check_id(item, bad_utf8, path, number, "asin")
@@ -330,6 +339,7 @@ def _read_reviews_lines(path: Path, report: LoadReport
         items.append(item)
         ts.append(0 if seconds is None else seconds)
         ts_empty.append(seconds is None)
+    _require_fields(path, list(fields))
     report.rows_read = len(users) + len(malformed)
     if malformed:
         report.drop("malformed_line", len(malformed))
@@ -337,6 +347,22 @@ def _read_reviews_lines(path: Path, report: LoadReport
                             f"at lines {malformed[:MAX_EXAMPLES]}")
     return (pa.chunked_array([pa.array(users, pa.string())]), pa.chunked_array([pa.array(items, pa.string())]),
             np.array(ts, dtype=np.int64), np.array(ts_empty, dtype=bool))
+
+
+def _require_fields(path: Path, fields: list) -> None:
+    """A required field that no line has means another layout, not empty values: dropping every row
+    as ``empty_user_id`` would hide that."""
+    missing = [f for f in REVIEW_SCHEMA.names if f not in fields]
+    if not fields or not missing:
+        return
+    shown = fields[:MAX_FIELDS_SHOWN] + (["..."] if len(fields) > MAX_FIELDS_SHOWN else [])
+    message = f"missing field: no line has it (the lines have {shown})"
+    if len(missing) > 1:
+        message += f"; {missing[1:]} are missing too"
+    if any(f in fields for f in RELEASE_2023_FIELDS):
+        message += ("; these look like the Amazon reviews 2023 release's fields (user_id, parent_asin, timestamp in "
+                    "ms): this reader reads the 2018 release (reviewerID, asin, unixReviewTime in seconds)")
+    raise DataError(str(path), message, field=missing[0])
 
 
 def _seconds(value, path: Path, number: int) -> int | None:
