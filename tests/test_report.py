@@ -3,7 +3,8 @@
 import csv
 import io
 
-from xsmoe_ray.report import dedupe_windows, experts_plot, metrics_plot, results_csv, results_markdown
+from xsmoe_ray.report import (dedupe_windows, expert_lines, experts_figure, experts_plot, metrics_plot, results_csv,
+                               results_markdown)
 
 
 def rows():
@@ -25,6 +26,11 @@ def test_csv_has_one_row_per_test_window():
     table = list(csv.DictReader(io.StringIO(results_csv(rows()))))
     assert [int(r["test_chunk"]) for r in table] == [2, 3, 4]
     assert float(table[1]["hr10"]) == 0.9 and table[0]["experts"] == "image:2/2 text:2/1"
+
+
+def test_csv_has_unix_line_endings():
+    text = results_csv(rows())
+    assert "\r" not in text and text.count("\n") == 4  # header + D_2, D_3, D_4
 
 
 def test_markdown_is_table1_shaped_with_average():
@@ -49,3 +55,20 @@ def test_markdown_reports_warm_targets_and_cold_share_when_marked():
     assert "(warm)" not in results_markdown(rows(), "demo", "xsmoe")  # runs from before the marking
     table = list(csv.DictReader(io.StringIO(results_csv(marked))))
     assert float(table[0]["cold_share"]) == 0.25
+
+
+def test_experts_plot_counts_whole_experts_and_shows_every_layer():
+    """Experts are counted in whole numbers (no 1.5 tick), and layers with the same counts in every
+    window share one labelled line instead of hiding behind each other."""
+    fig = experts_figure(rows())
+    fig.canvas.draw()
+    ticks = fig.axes[0].get_yticks()
+    assert len(ticks) > 1 and all(float(t).is_integer() for t in ticks)
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == \
+        ["image layers 1–2", "text layer 1", "text layer 2"]
+    # Each line at the windows it was reported for: image appears from window 1 on.
+    assert expert_lines(rows()) == [("image layers 1–2", [1, 2, 3], [2, 3, 4]),
+                                    ("text layer 1", [0, 1, 2, 3], [1, 2, 3, 4]),
+                                    ("text layer 2", [0, 1, 2, 3], [1, 1, 2, 3])]
+    same = [{"window": w, "experts": {"text": [w + 1] * 3, "image": [w + 1, w + 1, 1]}} for w in range(3)]
+    assert [name for name, _, _ in expert_lines(same)] == ["image layers 1–2, text layers 1–3", "image layer 3"]

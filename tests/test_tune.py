@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import signal
@@ -20,10 +21,13 @@ import yaml
 
 from tests.test_stream import TINY
 from xsmoe_ray.config import load_config
+from xsmoe_ray import tune as tune_module
 from xsmoe_ray.sweep_report import (TrialRecord, best_markdown, best_per_dataset, best_summary, efficiency_markdown,
-                                    sweep_markdown, tau_plot, tau_points, trials_csv, trials_markdown)
+                                    error_reason, sweep_markdown, tau_plot, tau_points, trials_csv, trials_markdown,
+                                    write_sweep_outputs)
 from xsmoe_ray.sweep_spec import SweepError, TestMetricSelectionWarning, check_grouping, load_sweep
-from xsmoe_ray.tune import flatten, main, param_space, preflight_grouping, result_rows, run_sweep, tune_config
+from xsmoe_ray.tune import (flatten, main, param_space, preflight_grouping, records_of, result_rows, run_sweep,
+                            tune_config)
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_TAUS = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25]
@@ -252,6 +256,113 @@ def test_tau_points_pool_other_settings_and_tables():
     assert "τ = 0.2" not in table  # a stopped trial's time is not a whole run's
 
 
+# What a Ray trial's error looks like as text (str of a RayTaskError, from the audit's sweep): a
+# colour-coded header first, the exception's own message last.
+RAY_TASK_ERROR = (
+    "\x1b[36mray::ImplicitFunc.train()\x1b[39m (pid=26432, ip=192.0.2.2, actor_id=894f87, repr=window_trial)\n"
+    "           ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n"
+    '  File "/work/main/xsmoe_ray/model/xsmoe.py", line 315, in build_xsmoe\n'
+    '    raise ValueError(f"variant {variant!r} needs the {spec.modality!r} modality, which this dataset "\n'
+    "ValueError: variant 'visual' needs the 'image' modality, which this dataset does not have "
+    "(modalities: ['text'])\n")
+VISUAL_REASON = ("ValueError: variant 'visual' needs the 'image' modality, which this dataset does not have "
+                 "(modalities: ['text'])")
+
+
+def test_a_failed_trials_reason_is_its_exception_not_rays_header():
+    assert error_reason(RAY_TASK_ERROR) == VISUAL_REASON
+    # A message of several lines is kept whole, on one line; the traceback before it is not.
+    multi = ('Traceback (most recent call last):\n  File "x.py", line 1\nray.exceptions.OutOfMemoryError: Task was '
+             'killed due to the node running low on memory.\nMemory on the node was 7.6GB / 8GB.\n\n')
+    assert error_reason(multi) == ("ray.exceptions.OutOfMemoryError: Task was killed due to the node running low on "
+                                   "memory. Memory on the node was 7.6GB / 8GB.")
+    assert error_reason("Traceback:\n  x\nException: bare\n") == "Exception: bare"
+    assert error_reason("worker died unexpectedly\n") == "worker died unexpectedly"  # no exception line: the last
+    long = error_reason("RuntimeError: " + "x" * 1000)
+    assert len(long) == 300 and long.startswith("RuntimeError: xxx") and long.endswith("…")
+    assert error_reason("") == ""
+
+
+def test_the_failure_reason_is_in_trials_csv_and_sweep_md():
+    records = [record("t1", 0.0, [0.2, 0.1]), record("t2", 0.1, [0.3], status="error")]
+    records[1].error = RAY_TASK_ERROR
+    text = trials_csv(records)
+    assert "\r" not in text and text.count("\n") == 3  # Unix line endings: header and two rows
+    rows = {row["trial"]: row for row in csv.DictReader(io.StringIO(text))}
+    assert rows["t2"]["error"] == VISUAL_REASON and rows["t1"]["error"] == ""
+    md = sweep_markdown("s", records, ["a"], "mean_val_ndcg10")
+    assert "2 trials: 1 complete, 1 failed." in md
+    assert f"## Failed trials\n\nEach failed trial's exception" in md
+    assert f"\n- a t2 (layers/group=1, τ=0.1): {VISUAL_REASON}\n" in md
+    assert "## Failed trials" not in sweep_markdown("s", records[:1], ["a"], "mean_val_ndcg10")
+
+
+def fake_result(directory: Path, name: str, rows: list[dict], error: str | None = None) -> SimpleNamespace:
+    """What records_of reads of a Tune result: its trial directory's result.json, error and config."""
+    trial_dir = directory / f"trial_{name}"
+    trial_dir.mkdir()
+    (trial_dir / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return SimpleNamespace(path=str(trial_dir), error=error, config={"model": {"tau": 0.1}})
+
+
+def test_an_interrupted_trial_is_unfinished_not_stopped_by_asha(tmp_path):
+    """Tune marks the report ASHA stops a trial on ``done``; a trial cut short by Ctrl-C has none."""
+    reports = [{"window": w, "done": False, "time_total_s": 1.0} for w in range(3)]
+    grid = [fake_result(tmp_path, "cut", reports[:2]),
+            fake_result(tmp_path, "asha", [reports[0], {**reports[1], "done": True}]),
+            fake_result(tmp_path, "full", reports), fake_result(tmp_path, "failed", reports[:1], RAY_TASK_ERROR)]
+    ds = SimpleNamespace(name="drift")
+    with_asha = {r.trial: r.status for r in records_of(grid, ds, 3, asha=True)}
+    assert with_asha == {"cut": "unfinished", "asha": "stopped", "full": "complete", "failed": "error"}
+    without = {r.trial: r.status for r in records_of(grid, ds, 3, asha=False)}
+    assert without == {"cut": "unfinished", "asha": "unfinished", "full": "complete", "failed": "error"}
+    md = sweep_markdown("s", records_of(grid[:1] + grid[2:3], ds, 3, asha=False), ["drift"], "mean_val_ndcg10")
+    assert "2 trials: 1 complete, 1 unfinished (interrupted; run the same command again to resume), 0 failed." in md
+    assert "ASHA" not in md
+
+
+@pytest.mark.parametrize("first_status,started", [("unfinished", ["a"]), ("stopped", ["a", "b"])])
+def test_an_interrupted_experiment_ends_the_sweep(tmp_path, monkeypatch, capsys, first_status, started):
+    """Tune returns from an experiment cut short by Ctrl-C as if it were done: the next dataset's
+    trials must not start then."""
+    spec = load_sweep(write_sweep(tmp_path, datasets={"a": {"config": "demo"}, "b": {"config": "demo"}}),
+                      [f"run.out={tmp_path / 'out'}"])
+    ran = []
+    monkeypatch.setattr(tune_module, "tuner_for", lambda spec, ds, job, n: SimpleNamespace(fit=lambda: ds.name))
+    monkeypatch.setattr(tune_module, "records_of", lambda grid, ds, n, asha: ran.append(grid) or [
+        record("t", 0.0, [0.1], status=first_status if grid == "a" else "complete", dataset=grid)])
+    records = tune_module.run_experiments(spec, {"a": (None, 3), "b": (None, 3)})
+    assert ran == started and [r.dataset for r in records] == started
+    interrupted = "[tune] sweep sweep interrupted; not started: b; run the same command again to resume"
+    assert (interrupted in capsys.readouterr().out) == (first_status == "unfinished")
+
+
+def test_the_tau_plot_is_drawn_only_when_tau_is_searched(tmp_path):
+    one_tau = [record("t1", 0.0, [0.2, 0.1]), record("t2", 0.0, [0.3, 0.1], g=2)]
+    write_sweep_outputs(tmp_path, "s", one_tau, ["a"], "mean_val_ndcg10", {"a": 0.0})
+    assert not (tmp_path / "tau_sensitivity.png").exists()
+    assert "tau_sensitivity.png" not in (tmp_path / "sweep.md").read_text()
+    assert b"\r" not in (tmp_path / "trials.csv").read_bytes()
+    two_taus = one_tau + [record("t3", 0.1, [0.2, 0.2])]
+    write_sweep_outputs(tmp_path, "s", two_taus, ["a"], "mean_val_ndcg10", {"a": 0.0})
+    assert (tmp_path / "tau_sensitivity.png").read_bytes()[:4] == b"\x89PNG"
+    assert "![τ sensitivity](tau_sensitivity.png)" in (tmp_path / "sweep.md").read_text()
+
+
+@pytest.mark.parametrize("statuses,code", [(["complete", "stopped", "unfinished"], 0), (["complete", "error"], 1),
+                                           (["error", "error"], 1)])
+def test_the_exit_code_is_1_when_a_trial_failed(tmp_path, monkeypatch, capsys, statuses, code):
+    records = [record(f"t{i}", 0.0, [0.1], status=s) for i, s in enumerate(statuses)]
+    monkeypatch.setattr(tune_module, "run_sweep", lambda spec: records)
+    out = tmp_path / "out"
+    assert main([str(write_sweep(tmp_path)), f"run.out={out}"]) == code
+    last = capsys.readouterr().out.strip().splitlines()[-1:] if code else []
+    failed = statuses.count("error")
+    assert last == ([f"[tune] sweep sweep: {failed} of {len(statuses)} trials failed; their reasons are in "
+                     f"{out.resolve() / 'trials.csv'} (column error) and {out.resolve() / 'sweep.md'} (Failed trials)"]
+                    if code else [])
+
+
 # ---------------------------------------------------------------------------------------------
 # Tiny sweeps on Ray (the session's 2-CPU local Ray).
 
@@ -347,6 +458,24 @@ def test_sweep_outputs(failed_then_resumed):
 
 def shared_cache_dir(out: Path) -> str:
     return yaml.safe_load((out / "datasets" / "drift" / "config.yaml").read_text())["cache"]["dir"]
+
+
+def test_a_sweep_whose_trial_fails_exits_1_with_the_reason_in_its_outputs(tmp_path, shared_data, ray_session,
+                                                                          monkeypatch, capsys):
+    """The trial raises at the start of window 0 (no retries): the documented command exits 1 and
+    trials.csv and sweep.md carry the exception's message, not Ray's header; τ is not searched."""
+    path = write_sweep(tmp_path, "failing", overrides=shared_data + ["train.max_failures=0"],
+                       search={"run.seed": 0}, resources={"cpu": 1}, max_concurrent_trials=1)
+    out = tmp_path / "out"
+    failing = {"fail_at_window": 0, "fail_marker": str(tmp_path / "failed")}
+    monkeypatch.setattr(tune_module, "run_sweep", lambda spec: run_sweep(spec, extra=failing))
+    assert main([str(path), f"run.out={out}"]) == 1
+    assert "1 of 1 trials failed; their reasons are in" in capsys.readouterr().out.strip().splitlines()[-1]
+    reason = "RuntimeError: injected worker failure at window 0 (test switch fail_at_window)"
+    (row,) = load_records(out).values()
+    assert row["status"] == "error" and row["error"] == reason
+    assert f"(seed=0): {reason}\n" in (out / "sweep.md").read_text()
+    assert not (out / "tau_sensitivity.png").exists()
 
 
 def test_train_inside_a_trial_and_its_resume_keep_every_window(tmp_path, shared_data, ray_session):

@@ -16,6 +16,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on clusters and CI
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 CSV_FIELDS = ["window", "test_chunk", "hr10", "ndcg10", "pop_hr10", "pop_ndcg10", "cold_share", "warm_hr10",
               "warm_ndcg10", "val_ndcg10", "epochs", "seconds", "experts", "mp_mb", "trp_mb", "peak_mem_mb"]
@@ -36,7 +37,8 @@ def test_rows(rows: list[dict]) -> list[dict]:
 
 def results_csv(rows: list[dict]) -> str:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    # lineterminator: the csv default, CRLF, shows as ^M in Unix tools
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for r in test_rows(rows):
         w.writerow({**r, "experts": _experts_text(r.get("experts", {}))})
@@ -115,25 +117,61 @@ def metrics_plot(rows: list[dict]) -> bytes:
     return _png(fig)
 
 
-def experts_plot(rows: list[dict]) -> bytes:
-    windows = dedupe_windows(rows)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    x = [r["window"] for r in windows]
-    series: dict[str, list[int]] = {}
-    for r in windows:
+def expert_lines(rows: list[dict]) -> list[tuple[str, list[int], list[int]]]:
+    """(legend label, windows, experts after each) for each distinct line of the experts plot.
+
+    Side layers often hold the same number of experts in every window; drawn one by one, their lines
+    coincide and only the last colour shows, so such layers share one line labelled with all of them."""
+    series: dict[tuple[str, int], list[tuple[int, int]]] = {}
+    for r in dedupe_windows(rows):
         for modality, per_layer in r.get("experts", {}).items():
             for layer, n in enumerate(per_layer):
-                series.setdefault(f"{modality} layer {layer + 1}", []).append(n)
-    for name, counts in sorted(series.items()):
-        ax.plot(x[: len(counts)], counts, marker="o", label=name)
+                series.setdefault((modality, layer + 1), []).append((int(r["window"]), int(n)))
+    shared: dict[tuple[tuple[int, int], ...], list[tuple[str, int]]] = {}
+    for key, points in sorted(series.items()):
+        shared.setdefault(tuple(points), []).append(key)
+    return [(_layers_label(keys), [w for w, _ in points], [n for _, n in points]) for points, keys in shared.items()]
+
+
+def _layers_label(keys: list[tuple[str, int]]) -> str:
+    """[("image", 1), ("image", 2), ("text", 1)] -> "image layers 1–2, text layer 1"."""
+    by_modality: dict[str, list[int]] = {}
+    for modality, layer in keys:
+        by_modality.setdefault(modality, []).append(layer)
+    return ", ".join(f"{m} layer{'s' if len(layers) > 1 else ''} {_ranges(layers)}"
+                     for m, layers in by_modality.items())
+
+
+def _ranges(numbers: list[int]) -> str:
+    """[1, 2, 3, 5] -> "1–3, 5"."""
+    runs: list[list[int]] = []
+    for n in sorted(numbers):
+        if runs and n == runs[-1][-1] + 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}–{r[-1]}" for r in runs)
+
+
+def experts_plot(rows: list[dict]) -> bytes:
+    return _png(experts_figure(rows))
+
+
+def experts_figure(rows: list[dict]):
+    x = [r["window"] for r in dedupe_windows(rows)]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    lines = expert_lines(rows)
+    for name, windows, counts in lines:
+        ax.plot(windows, counts, marker="o", label=name)
     ax.set_xlabel("window (training chunk)")
     ax.set_ylabel("experts")
     ax.set_xticks(x)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # a count of experts: no 1.5 ticks
     ax.grid(alpha=0.3)
-    if series:
+    if lines:
         ax.legend(fontsize=8)
     ax.set_title("Experts per side layer after each window")
-    return _png(fig)
+    return fig
 
 
 def _png(fig) -> bytes:

@@ -3,7 +3,8 @@
 
 Input is one :class:`TrialRecord` per trial: its searched values and the rows it reported, one per
 window, as the window loop reports them (``xsmoe_ray.train.worker``). A trial is *complete* when it
-reported every window, *stopped* when ASHA ended it early, *error* when it failed. Test averages are
+reported every window, *stopped* when ASHA ended it early, *unfinished* when the sweep was interrupted
+before it ended (re-running the same command resumes it), *error* when it failed. Test averages are
 over a trial's test windows (D_2 … D_T), as in the paper's AVG column; the val average (the default
 sweep metric, ``mean_val_ndcg10``) is over every window's best val NDCG@10, warm-up included. A
 stopped trial's averages cover fewer, earlier windows and are not comparable, so the best config,
@@ -13,7 +14,8 @@ it, labelled as not used for the choice (or, for a test metric, as test-set sele
 
 Files written under the sweep's ``run.out``: ``trials.csv`` (one row per trial), ``sweep.md``
 (all trials, best per dataset, efficiency), ``best/<dataset>.yaml`` (the best trial's whole config,
-runnable with ``python -m xsmoe_ray.stream --config``) and ``tau_sensitivity.png``.
+runnable with ``python -m xsmoe_ray.stream --config``) and, when the sweep searches τ,
+``tau_sensitivity.png``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,13 @@ LABELS = {"model.tau": "τ", "model.d_prime": "d′", "model.layers_per_group": 
           "model.variant": "variant", "run.seed": "seed"}
 # Sweep metric -> the window-row column a trial's average of it is computed from (see TrialRecord.avg).
 METRIC_COLUMN = {"mean_val_ndcg10": "val_ndcg10", "mean_test_ndcg10": "ndcg10", "mean_test_hr10": "hr10"}
+STATUSES = ("complete", "stopped", "unfinished", "error")  # also the all-trials table's order
+STATUS_TEXT = {"complete": "complete", "stopped": "stopped early (ASHA)",
+               "unfinished": "unfinished (interrupted; run the same command again to resume)", "error": "failed"}
+REASON_CHARS = 300  # a failure reason longer than this is cut: a table cell, not a log
+ANSI_CODE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# The line Python's traceback ends with: the exception's (dotted) type name, then its message.
+EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*\w*(?:Error|Exception|Exit|Interrupt|Failure)(?::|$)")
 
 
 @dataclass
@@ -46,10 +56,14 @@ class TrialRecord:
     dataset: str
     trial: str
     params: dict[str, Any]  # dotted config key -> value, searched keys only
-    status: str  # "complete", "stopped" or "error"
+    status: str  # one of STATUSES
     windows: list[dict] = field(default_factory=list)  # reported rows, one per window, in order
     wall_s: float = 0.0  # Tune's time_total_s for the trial
-    error: str = ""
+    error: str = ""  # the whole error text, traceback included; see error_reason
+
+    @property
+    def reason(self) -> str:
+        return error_reason(self.error)
 
     @property
     def tests(self) -> list[dict]:
@@ -78,6 +92,19 @@ class TrialRecord:
     def peak_mem_mb(self) -> float | None:
         values = [r["peak_mem_mb"] for r in self.windows if r.get("peak_mem_mb") is not None]
         return max(values) if values else None
+
+
+def error_reason(text: str) -> str:
+    """A failed trial's reason, one line: the exception's own message, not Ray's header.
+
+    Ray's ``RayTaskError`` text starts with a colour-coded ``ray::ImplicitFunc.train()`` header and
+    ends, like any traceback, with ``Type: message`` (the message's own further lines after it)."""
+    lines = [line.rstrip() for line in ANSI_CODE.sub("", text).splitlines() if line.strip()]
+    if not lines:
+        return ""
+    starts = [i for i, line in enumerate(lines) if EXCEPTION_LINE.match(line)]
+    reason = " ".join(line.strip() for line in lines[starts[-1]:]) if starts else lines[-1].strip()
+    return reason if len(reason) <= REASON_CHARS else reason[: REASON_CHARS - 1] + "…"
 
 
 def record_rows(rows: list[dict]) -> list[dict]:
@@ -117,7 +144,7 @@ def trials_csv(records: list[TrialRecord]) -> str:
               "trp_mb",
               "experts", "tt_s", "et_s", "wall_s", "error"]
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=fields)
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")  # the csv default, CRLF, shows as ^M on Unix
     w.writeheader()
     for r in records:
         w.writerow({"dataset": r.dataset, "trial": r.trial, "status": r.status, "windows": len(r.windows),
@@ -125,16 +152,17 @@ def trials_csv(records: list[TrialRecord]) -> str:
                     "hr10_avg": r.avg("hr10"), "ndcg10_avg": r.avg("ndcg10"),
                     "mp_mb": r.last("mp_mb"), "trp_mb": r.last("trp_mb"), "experts": experts_text(r.last("experts")),
                     "tt_s": round(r.train_seconds, 2), "et_s": round(r.train_seconds / max(r.epochs, 1), 3),
-                    "wall_s": round(r.wall_s, 1), "error": r.error.splitlines()[0] if r.error else ""})
+                    "wall_s": round(r.wall_s, 1), "error": r.reason})
     return buf.getvalue()
 
 
 def _sorted(records: list[TrialRecord], metric: str) -> list[TrialRecord]:
-    """By dataset (first-seen order), then complete before stopped before error, then metric."""
+    """By dataset (first-seen order), then status in STATUSES order, then metric."""
     order = {d: i for i, d in enumerate(dict.fromkeys(r.dataset for r in records))}
-    rank = {"complete": 0, "stopped": 1, "error": 2}
+    rank = {s: i for i, s in enumerate(STATUSES)}
     column = METRIC_COLUMN[metric]
-    return sorted(records, key=lambda r: (order[r.dataset], rank.get(r.status, 3), -(r.avg(column) or 0.0), r.trial))
+    return sorted(records, key=lambda r: (order[r.dataset], rank.get(r.status, len(STATUSES)),
+                                          -(r.avg(column) or 0.0), r.trial))
 
 
 def trials_markdown(records: list[TrialRecord], metric: str) -> str:
@@ -218,19 +246,51 @@ def _table3_order(r: TrialRecord) -> tuple:
     return r.dataset, rest, value(r.params.get("model.tau", 0.0))
 
 
+def status_counts(records: list[TrialRecord]) -> str:
+    """``N trials: a complete, …, d failed.``; stopped and unfinished only when there are some, so a
+    sweep without ASHA never mentions it."""
+    counts = {s: sum(r.status == s for r in records) for s in STATUSES}
+    parts = [f"{counts[s]} {STATUS_TEXT[s]}" for s in STATUSES if counts[s] or s in ("complete", "error")]
+    return f"{len(records)} trials: " + ", ".join(parts) + "."
+
+
+def failures_markdown(records: list[TrialRecord], metric: str) -> list[str]:
+    """The failed trials' reasons (empty when none failed): without them sweep.md says only "error"."""
+    failed = [r for r in _sorted(records, metric) if r.status == "error"]
+    if not failed:
+        return []
+    lines = ["## Failed trials", "", "Each failed trial's exception; the whole traceback is in "
+             "`ray/<dataset>/trial_<trial>/error.txt` under this directory.", ""]
+    for r in failed:
+        config = ", ".join(f"{label(k)}={v}" for k, v in sorted(r.params.items()))
+        lines.append(f"- {r.dataset} {r.trial}" + (f" ({config})" if config else "") + f": {r.reason or 'no message'}")
+    return lines + [""]
+
+
+def tau_searched(records: list[TrialRecord]) -> bool:
+    """Whether the trials differ in τ: with one τ the sensitivity plot would be a single point."""
+    return len({r.params["model.tau"] for r in records if "model.tau" in r.params}) > 1
+
+
+def tau_markdown(records: list[TrialRecord]) -> list[str]:
+    if not tau_searched(records):
+        return []
+    return ["## τ sensitivity", "", "![τ sensitivity](tau_sensitivity.png)", "",
+            "Per τ: mean over the complete trials at that τ (other searched settings pooled); bars span their "
+            "min–max.", ""]
+
+
 def sweep_markdown(name: str, records: list[TrialRecord], datasets: list[str], metric: str) -> str:
     best = best_per_dataset(records, metric)
-    counts = {s: sum(r.status == s for r in records) for s in ("complete", "stopped", "error")}
     return "\n".join([
         f"# Sweep {name}", "",
-        f"{len(records)} trials: {counts['complete']} complete, {counts['stopped']} stopped early (ASHA), "
-        f"{counts['error']} failed. Metrics in % (full ranking): val = mean of each window's best val NDCG@10 "
+        f"{status_counts(records)} Metrics in % (full ranking): val = mean of each window's best val NDCG@10 "
         "(warm-up included), test = mean over each trial's test windows. Trials are ranked and the best "
         f"chosen by {metric} ({selection_note(metric)}).", "",
         "## All trials", "", trials_markdown(records, metric), "",
+        *failures_markdown(records, metric),
         "## Best config per dataset", "", best_markdown(best, datasets, metric), "",
-        "## τ sensitivity", "", "![τ sensitivity](tau_sensitivity.png)", "",
-        "Per τ: mean over the complete trials at that τ (other searched settings pooled); bars span their min–max.", "",
+        *tau_markdown(records),
         "## Efficiency (paper Table 3 shape)", "",
         "MP/TrP: all/trainable parameters after the last window, fp32 MB. Memory: peak GPU memory "
         "(n/a on CPU). TT: training time summed over windows. ET: TT per epoch.", "",
@@ -285,5 +345,9 @@ def write_sweep_outputs(out: Path, name: str, records: list[TrialRecord], datase
     out.mkdir(parents=True, exist_ok=True)
     (out / "trials.csv").write_text(trials_csv(_sorted(records, metric)))
     (out / "sweep.md").write_text(sweep_markdown(name, records, datasets, metric))
-    (out / "tau_sensitivity.png").write_bytes(tau_plot(records, datasets, default_tau))
+    plot = out / "tau_sensitivity.png"
+    if tau_searched(records):
+        plot.write_bytes(tau_plot(records, datasets, default_tau))
+    else:
+        plot.unlink(missing_ok=True)  # one written by an older version, which drew it for any sweep
     return best_per_dataset(records, metric)

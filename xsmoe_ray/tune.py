@@ -22,8 +22,10 @@ index and resources per trial. One trial is one whole streaming run (paper Algor
    their last checkpoint); finished trials are not run again. A Train-inside-trial restarted by Tune
    first re-reports the windows its Train run had finished (:func:`finished_window_metrics`).
 4. Outputs (:mod:`xsmoe_ray.sweep_report`): ``trials.csv``, ``sweep.md``, ``best/<dataset>.yaml``,
-   ``tau_sensitivity.png``. The best trial's test AVG is shown beside the figure it was chosen on,
-   labelled as not used for the choice.
+   ``tau_sensitivity.png`` (when τ is searched). The best trial's test AVG is shown beside the
+   figure it was chosen on, labelled as not used for the choice.
+5. Exit code: 1 when a trial failed (its reason is in ``trials.csv`` and ``sweep.md``), 2 on a bad
+   sweep file or setting, else 0.
 """
 
 from __future__ import annotations
@@ -322,7 +324,19 @@ def result_rows(trial_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def records_of(grid, ds: DatasetSpec, n_windows: int) -> list:
+def trial_status(failed: bool, windows: int, last_report: dict, n_windows: int, asha: bool) -> str:
+    """complete, error, stopped (by ASHA) or unfinished (the sweep was interrupted before it ended).
+
+    Tune marks the report a scheduler stops a trial on with ``done``; a trial cut short by Ctrl-C
+    has no such report, with or without ASHA, and is resumed by running the same command again."""
+    if failed:
+        return "error"
+    if windows >= n_windows:
+        return "complete"
+    return "stopped" if asha and last_report.get("done") else "unfinished"
+
+
+def records_of(grid, ds: DatasetSpec, n_windows: int, asha: bool) -> list:
     from xsmoe_ray.sweep_report import TrialRecord, record_rows
 
     records = []
@@ -330,11 +344,29 @@ def records_of(grid, ds: DatasetSpec, n_windows: int) -> list:
         trial_dir = Path(result.path)
         raw = result_rows(trial_dir)
         rows = record_rows(raw)
-        status = "error" if result.error else "complete" if len(rows) >= n_windows else "stopped"
+        status = trial_status(bool(result.error), len(rows), raw[-1] if raw else {}, n_windows, asha)
         records.append(TrialRecord(
             dataset=ds.name, trial=trial_dir.name.removeprefix("trial_"), params=flatten(result.config or {}),
             status=status, windows=rows, wall_s=float(raw[-1].get("time_total_s", 0.0)) if raw else 0.0,
             error=str(result.error).strip() if result.error else ""))
+    return records
+
+
+def run_experiments(spec: SweepSpec, staged: dict[str, tuple[TrialJob, int]]) -> list:
+    """Each dataset's experiment in turn, until one is interrupted.
+
+    Tune ends an experiment on Ctrl-C and returns as if it were done; going on would start the
+    next dataset's trials after the user asked to stop."""
+    records: list = []
+    for k, ds in enumerate(spec.datasets):
+        job, n_windows = staged[ds.name]
+        grid = tuner_for(spec, ds, job, n_windows).fit()
+        records += records_of(grid, ds, n_windows, asha=spec.scheduler.kind == "asha")
+        if any(r.status == "unfinished" for r in records):
+            rest = [d.name for d in spec.datasets[k + 1:]]
+            print(f"[tune] sweep {spec.name} interrupted" + (f"; not started: {', '.join(rest)}" if rest else "")
+                  + "; run the same command again to resume", flush=True)
+            break
     return records
 
 
@@ -366,13 +398,17 @@ def _run_sweep(spec: SweepSpec, extra: dict | None) -> list:
     t0 = time.perf_counter()
     check_same_sweep(spec)
     started_local = ensure_ray(spec.num_cpus)
-    check_local_resources(spec, started_local)
-    staged = {ds.name: stage_dataset(spec, ds, extra or {}) for ds in spec.datasets}
-    records = []
-    for ds in spec.datasets:
-        job, n_windows = staged[ds.name]
-        grid = tuner_for(spec, ds, job, n_windows).fit()
-        records += records_of(grid, ds, n_windows)
+    try:
+        check_local_resources(spec, started_local)
+        staged = {ds.name: stage_dataset(spec, ds, extra or {}) for ds in spec.datasets}
+        records = run_experiments(spec, staged)
+    finally:
+        if started_local:
+            # Trial workers' last log lines reach the console late; with the Ray this sweep started
+            # shut down now, they come before the summary below, whose last line must stay last.
+            import ray
+
+            ray.shutdown()
     names = [d.name for d in spec.datasets]
     best = write_sweep_outputs(spec.out, spec.name, records, names, spec.metric,
                                {d.name: d.cfg.model.tau for d in spec.datasets})
@@ -385,9 +421,26 @@ def _run_sweep(spec: SweepSpec, extra: dict | None) -> list:
     return records
 
 
+def sweep_exit_code(spec: SweepSpec) -> int:
+    """Run the sweep; 1, with a last line saying so, when a trial failed (an ASHA-stopped or an
+    interrupted trial is no failure): a script or CI job must not take a failed sweep for a good one."""
+    records = run_sweep(spec)
+    failed = sum(r.status == "error" for r in records)
+    if not failed:
+        return 0
+    print(f"[tune] sweep {spec.name}: {failed} of {len(records)} trials failed; their reasons are in "
+          f"{spec.out / 'trials.csv'} (column error) and {spec.out / 'sweep.md'} (Failed trials)", flush=True)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_guarded(lambda: run_sweep(load_sweep(args.sweep, args.overrides)))
+    exit_code = [0]  # run_guarded returns 0 whenever the sweep ran, whatever became of its trials
+
+    def sweep() -> None:
+        exit_code[0] = sweep_exit_code(load_sweep(args.sweep, args.overrides))
+
+    return run_guarded(sweep) or exit_code[0]
 
 
 if __name__ == "__main__":
