@@ -248,3 +248,27 @@ def test_sigint_kept_restores_whatever_the_block_installs():
         assert signal.getsignal(signal.SIGINT) is mine
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+def test_ray_trains_ctrl_c_exit_becomes_an_interrupt_with_a_resume_hint(tmp_path, monkeypatch, capsys):
+    """After Ctrl-C, Ray Train's fit aborts the run and leaves by SystemExit(1) without a word; the
+    stream says what was kept and how to go on, and exits 130 (--follow: 0, it was asked to stop)."""
+    import ray.train.torch
+
+    import xsmoe_ray.stream as stream
+
+    def aborted(self):
+        raise SystemExit(1)
+    monkeypatch.setattr(ray.train.torch.TorchTrainer, "fit", aborted)
+    cfg = tiny(tmp_path, "aborted")
+    with pytest.raises(KeyboardInterrupt):
+        stream.fit(cfg, str(tmp_path / "storage"), tmp_path / "prepared", tmp_path / "cache")
+
+    def interrupted(cfg, *rest):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(stream, "run", interrupted)
+    assert stream.main([f"run.out={tmp_path / 'x'}"]) == 130
+    assert "[stream] interrupted; the windows finished so far are kept: run the same command again" \
+        in capsys.readouterr().out
+    assert stream.main(["--follow", "5", f"run.out={tmp_path / 'x'}"]) == 0
+    assert "[stream] stopped following; the windows finished so far are kept" in capsys.readouterr().out

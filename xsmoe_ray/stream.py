@@ -140,7 +140,12 @@ def fit(cfg: ExperimentConfig, storage: str, prepared: Path, cache: Path, extra:
         ),
     )
     with sigint_kept():
-        return trainer.fit()
+        try:
+            return trainer.fit()
+        except SystemExit as e:
+            # Ray Train's Ctrl-C path: its handler aborts the run, then fit leaves by SystemExit(1) with
+            # no message; as an interrupt, main says what was kept and how to go on
+            raise KeyboardInterrupt("Ray Train aborted the training run") from e
 
 
 @contextmanager
@@ -269,15 +274,22 @@ def follow(cfg: ExperimentConfig, interval: float, rounds: int | None = None) ->
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.follow is None:
-        return run_guarded(lambda: run(load_config(args.config, args.overrides)))
+        try:
+            return run_guarded(lambda: run(load_config(args.config, args.overrides)))
+        except KeyboardInterrupt:
+            print(f"[stream] interrupted; {RESUME_HINT}", flush=True)
+            return 130  # the shell's code for a run ended by Ctrl-C
     if args.follow <= 0:
         print("error: --follow needs a positive number of seconds", file=sys.stderr)
         return 2
     try:
         return run_guarded(lambda: follow(load_config(args.config, args.overrides), args.follow))
     except KeyboardInterrupt:
-        print("[stream] stopped following", flush=True)
+        print(f"[stream] stopped following; {RESUME_HINT}", flush=True)
         return 0
+
+
+RESUME_HINT = "the windows finished so far are kept: run the same command again to go on from there"
 
 
 if __name__ == "__main__":
