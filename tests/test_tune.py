@@ -349,18 +349,19 @@ def test_the_tau_plot_is_drawn_only_when_tau_is_searched(tmp_path):
     assert "![τ sensitivity](tau_sensitivity.png)" in (tmp_path / "sweep.md").read_text()
 
 
-@pytest.mark.parametrize("statuses,code", [(["complete", "stopped", "unfinished"], 0), (["complete", "error"], 1),
-                                           (["error", "error"], 1)])
+@pytest.mark.parametrize("statuses,code", [(["complete", "stopped"], 0), (["complete", "error"], 1),
+                                           (["error", "error"], 1), (["complete", "stopped", "unfinished"], 130),
+                                           (["error", "unfinished"], 130)])
 def test_the_exit_code_is_1_when_a_trial_failed(tmp_path, monkeypatch, capsys, statuses, code):
     records = [record(f"t{i}", 0.0, [0.1], status=s) for i, s in enumerate(statuses)]
     monkeypatch.setattr(tune_module, "run_sweep", lambda spec: records)
     out = tmp_path / "out"
     assert main([str(write_sweep(tmp_path)), f"run.out={out}"]) == code
-    last = capsys.readouterr().out.strip().splitlines()[-1:] if code else []
     failed = statuses.count("error")
+    last = capsys.readouterr().out.strip().splitlines()[-1:] if failed else []
     assert last == ([f"[tune] sweep sweep: {failed} of {len(statuses)} trials failed; their reasons are in "
                      f"{out.resolve() / 'trials.csv'} (column error) and {out.resolve() / 'sweep.md'} (Failed trials)"]
-                    if code else [])
+                    if failed else [])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ index and resources per trial. One trial is one whole streaming run (paper Algor
    ``tau_sensitivity.png`` (when τ is searched). The best trial's test AVG is shown beside the
    figure it was chosen on, labelled as not used for the choice.
 5. Exit code: 1 when a trial failed (its reason is in ``trials.csv`` and ``sweep.md``), 2 on a bad
-   sweep file or setting, else 0.
+   sweep file or setting, 130 when the sweep was interrupted (the same command resumes it), else 0.
 """
 
 from __future__ import annotations
@@ -422,15 +422,17 @@ def _run_sweep(spec: SweepSpec, extra: dict | None) -> list:
 
 
 def sweep_exit_code(spec: SweepSpec) -> int:
-    """Run the sweep; 1, with a last line saying so, when a trial failed (an ASHA-stopped or an
-    interrupted trial is no failure): a script or CI job must not take a failed sweep for a good one."""
+    """Run the sweep; 1, with a last line saying so, when a trial failed (an ASHA-stopped trial is no
+    failure): a script or CI job must not take a failed sweep for a good one. 130 (the shell's code
+    for Ctrl-C) when the sweep was interrupted, whose unfinished trials resume on the same command."""
     records = run_sweep(spec)
     failed = sum(r.status == "error" for r in records)
-    if not failed:
-        return 0
-    print(f"[tune] sweep {spec.name}: {failed} of {len(records)} trials failed; their reasons are in "
-          f"{spec.out / 'trials.csv'} (column error) and {spec.out / 'sweep.md'} (Failed trials)", flush=True)
-    return 1
+    if failed:
+        print(f"[tune] sweep {spec.name}: {failed} of {len(records)} trials failed; their reasons are in "
+              f"{spec.out / 'trials.csv'} (column error) and {spec.out / 'sweep.md'} (Failed trials)", flush=True)
+    if any(r.status == "unfinished" for r in records):
+        return 130
+    return 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
