@@ -25,7 +25,7 @@ from xsmoe_ray import tune as tune_module
 from xsmoe_ray.sweep_report import (TrialRecord, best_markdown, best_per_dataset, best_summary, efficiency_markdown,
                                     error_reason, sweep_markdown, tau_plot, tau_points, trials_csv, trials_markdown,
                                     write_sweep_outputs)
-from xsmoe_ray.sweep_spec import SweepError, TestMetricSelectionWarning, check_grouping, load_sweep
+from xsmoe_ray.sweep_spec import SweepError, TestMetricSelectionWarning, check_grouping, check_variants, load_sweep
 from xsmoe_ray.tune import (flatten, main, param_space, preflight_grouping, records_of, result_rows, run_sweep,
                             tune_config)
 
@@ -63,6 +63,21 @@ def test_shipped_sweeps_load(name, tmp_path):
             check_grouping(spec, ds, {"text": 12, "image": 12})
     if name == "hm":
         assert [ds.cfg.data.format for ds in spec.datasets] == ["hm"] and not spec.datasets[0].cfg.data.date_from
+
+
+def test_a_variant_the_datasets_modalities_cannot_feed_is_refused_before_the_trials(tmp_path):
+    searched = load_sweep(write_sweep(tmp_path, search={"model.variant": {"grid_search": ["xsmoe", "visual"]}}),
+                          [f"run.out={tmp_path / 'a'}"])
+    (ds,) = searched.datasets
+    check_variants(searched, ds, ["image", "text"])
+    with pytest.raises(SweepError, match=r"search.model.variant: visual needs the image modality, which dataset "
+                                         r"'drift' does not have \(its cache holds \['text'\]\)"):
+        check_variants(searched, ds, ["text"])
+    fixed = load_sweep(write_sweep(tmp_path, "fixed", datasets={"drift": {"config": "demo",
+                                                                          "overrides": ["model.variant=textual"]}}),
+                       [f"run.out={tmp_path / 'b'}"])
+    with pytest.raises(SweepError, match=r"datasets.drift \(model.variant\): textual needs the text modality"):
+        check_variants(fixed, fixed.datasets[0], ["image"])
 
 
 def test_a_uri_run_out_is_refused_not_made_a_local_folder(tmp_path):

@@ -40,8 +40,8 @@ from typing import Any
 
 from xsmoe_ray.cli import run_guarded
 from xsmoe_ray.config import dump_yaml, from_dict, to_dict, valid_keys
-from xsmoe_ray.sweep_spec import (DatasetSpec, Dimension, SweepError, SweepSpec, check_grouping, load_sweep,
-                                  with_value)
+from xsmoe_ray.sweep_spec import (DatasetSpec, Dimension, SweepError, SweepSpec, check_grouping, check_variants,
+                                  load_sweep, with_value)
 
 TRAIN_DRIVER_CPU = 0.1  # a Train-inside-Tune driver only waits on its trainer (0 is refused by Ray)
 
@@ -217,6 +217,7 @@ def stage_dataset(spec: SweepSpec, ds: DatasetSpec, extra: dict) -> tuple[TrialJ
     prepared, cache = data_stages(ds.cfg, out)
     opened = open_cache(cache)
     check_grouping(spec, ds, {m: opened.layers(m) for m in opened.arrays})
+    check_variants(spec, ds, list(opened.arrays))
     job = TrialJob(cfg=to_dict(ds.cfg), prepared=str(prepared), cache=str(cache), workers=spec.resources.workers,
                    cpu=spec.resources.cpu, gpu=spec.resources.gpu,
                    train_storage=str(spec.out / "train" / ds.name), extra=dict(extra))
