@@ -105,6 +105,10 @@ def test_bad_content_is_encoded_from_placeholders_and_listed(built):
     assert failures["image"]["art004"].startswith("corrupt image")
     image = cache.arrays["image"]
     assert np.array_equal(image[4], image[5]) and np.array_equal(image[4], image[6])  # all the grey placeholder
+    # the report every command prints names them too, not only the manifest
+    printed = built[2].format()
+    assert "text: 1 item(s) encoded as placeholders, e.g. art002: empty text" in printed
+    assert "image: 3 item(s) encoded as placeholders" in printed and "art003: missing file" in printed
 
 
 def direct_text_states(text: str) -> np.ndarray:

@@ -206,7 +206,7 @@ def test_a_one_modality_variant_without_its_modality_stops_before_training(unint
 
 
 def test_placeholders_are_counted_and_named_on_the_console(tmp_path):
-    from xsmoe_ray.stream import placeholder_lines
+    from xsmoe_ray.cache.build import placeholder_lines
 
     manifest = {"modalities": {
         "image": {"failures": {f"sku-{i}": "corrupt image: UnidentifiedImageError" for i in range(5)}},

@@ -293,6 +293,23 @@ def backbone_id(name: str, modality: str) -> str:
     return str(path.resolve()) if path.is_dir() else name
 
 
+def backbone_depths(backbone_cfg, modalities) -> dict[str, int]:
+    """Layers of each of ``modalities``' backbones, read from their configs (no weights), to refuse a
+    layer grouping before hours of encoding. A backbone that is ``none`` or cannot be described here
+    (a hub id while offline) is left out: the cache build reports it, and the built cache's manifest
+    is checked again before training."""
+    depths = {}
+    for modality in modalities:
+        name = getattr(backbone_cfg, modality)
+        if name == NONE:
+            continue
+        try:
+            depths[modality] = int(describe(name, modality)["layers"])
+        except (BackboneError, OSError):
+            continue
+    return depths
+
+
 def describe(name: str, modality: str, root: str | Path | None = None) -> dict[str, Any]:
     """Identity, revision and shape of a backbone, read from its config only (no weights loaded)."""
     from transformers import AutoConfig

@@ -68,8 +68,6 @@ def data_stages(cfg: ExperimentConfig, out: Path, continuing: bool = False,
     cache = cache_dir_of(cfg, out)
     report = build_cache(prepared, cache, cfg)
     print(f"[stream] {report.format()}", flush=True)
-    for line in placeholder_lines(report.manifest, cache):
-        print(f"[stream] {line}", flush=True)
     return prepared, cache
 
 
@@ -78,42 +76,26 @@ def check_grouping_before_encoding(cfg: ExperimentConfig, prepared: Path, layers
     hours for a large catalogue. Reads the configs of the backbones the prepared data will use; one
     that cannot be described here is left to the cache build, which reports it (the built cache's
     manifest is checked again before training: :func:`check_model_fits`)."""
-    from xsmoe_ray.backbones import BackboneError, describe
+    from xsmoe_ray.backbones import backbone_depths
     from xsmoe_ray.cache import group_index
     from xsmoe_ray.cache.layout import requested_modalities
     from xsmoe_ray.prepared import read_summary
 
     summary = read_summary(prepared)
-    for modality in requested_modalities(cfg.backbone, bool(summary["has_text"]), bool(summary["has_image"])):
-        try:
-            layers = int(describe(getattr(cfg.backbone, modality), modality)["layers"])
-        except (BackboneError, OSError):
-            continue
+    used = requested_modalities(cfg.backbone, bool(summary["has_text"]), bool(summary["has_image"]))
+    for layers in backbone_depths(cfg.backbone, used).values():
         group_index(layers, layers_per_group)
-
-
-def placeholder_lines(manifest: dict, cache: Path, shown: int = 3) -> list[str]:
-    """Per modality with items the encoder could not read (a corrupt image, an empty text), how many
-    and a few of them: they train on a placeholder, which a user should hear of without opening the manifest."""
-    lines = []
-    for modality, spec in manifest["modalities"].items():
-        failures = spec.get("failures") or {}
-        if failures:
-            some = "; ".join(f"{item}: {why}" for item, why in list(failures.items())[:shown])
-            lines.append(f"{modality}: {len(failures):,} item(s) encoded as placeholders, e.g. {some} "
-                         f"(all in {cache / 'manifest.json'})")
-    return lines
 
 
 def check_model_fits(cache: Path, model: ModelConfig) -> None:
     """Refuse a layer grouping or a one-modality variant the cache cannot take here, not in every
     worker after Ray Train starts (where each restart would repeat the failure)."""
     from xsmoe_ray.cache import group_index, open_cache
-    from xsmoe_ray.model.xsmoe import VARIANTS as SIDE_SPECS
+    from xsmoe_ray.model.xsmoe import missing_modality
 
     opened = open_cache(cache)
-    needs = SIDE_SPECS[model.variant].modality if model.variant in SIDE_SPECS else None
-    if needs is not None and needs not in opened.arrays:
+    needs = missing_modality(model.variant, opened.arrays)
+    if needs:
         raise ConfigError(f"model.variant={model.variant} needs the {needs} modality, which the cache {cache} does "
                           f"not hold (it has {sorted(opened.arrays)})")
     for modality in opened.arrays:

@@ -348,13 +348,13 @@ def check_grouping(spec: SweepSpec, ds: DatasetSpec, layers: dict[str, int]) -> 
 def check_variants(spec: SweepSpec, ds: DatasetSpec, modalities: list[str]) -> None:
     """Each candidate variant must find its modality in the dataset's cache: a one-modality variant
     without it fails in every trial, and again on every resume, after the trial has started."""
-    from xsmoe_ray.model.xsmoe import VARIANTS as SIDE_SPECS
+    from xsmoe_ray.model.xsmoe import missing_modality
 
     dim = next((d for d in spec.search if d.key == "model.variant"), None)
     variants = [ds.cfg.model.variant] if dim is None else list(dim.candidates() or [])
     for variant in variants:
-        needs = SIDE_SPECS[variant].modality if variant in SIDE_SPECS else None
-        if needs is not None and needs not in modalities:
+        needs = missing_modality(variant, modalities)
+        if needs:
             key = "search.model.variant" if dim is not None else f"datasets.{ds.name} (model.variant)"
             raise SweepError(f"{spec.source}: {key}: {variant} needs the {needs} modality, which dataset "
                              f"{ds.name!r} does not have (its cache holds {sorted(modalities)})")

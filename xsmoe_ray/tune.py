@@ -189,18 +189,10 @@ def preflight_grouping(spec: SweepSpec) -> None:
     Reads the backbone configs only (no weights). A hub backbone that is not available offline is
     skipped here; the check runs again on the built cache's manifest, which is authoritative.
     """
-    from xsmoe_ray.backbones import MODALITIES, NONE, BackboneError, describe
+    from xsmoe_ray.backbones import MODALITIES, backbone_depths
 
     for ds in spec.datasets:
-        layers = {}
-        for m in MODALITIES:
-            name = getattr(ds.cfg.backbone, m)
-            if name == NONE:
-                continue
-            try:
-                layers[m] = int(describe(name, m)["layers"])
-            except (BackboneError, OSError):  # e.g. a hub id while offline
-                continue
+        layers = backbone_depths(ds.cfg.backbone, MODALITIES)
         check_grouping(spec, ds, layers)
 
 

@@ -229,7 +229,20 @@ class BuildReport:
             lines.append(f"  {m:<5} {spec['backbone']}: M={spec['layers']} d={spec['dim']} "
                          f"encoded {self.encoded.get(m, 0)}, reused {self.reused.get(m, 0)}, "
                          f"placeholders {self.failed.get(m, 0)}")
-        return "\n".join(lines)
+        return "\n".join(lines + [f"  {line}" for line in placeholder_lines(self.manifest, self.cache_dir)])
+
+
+def placeholder_lines(manifest: dict, cache: Path, shown: int = 3) -> list[str]:
+    """Per modality with items the encoder could not read (a corrupt image, an empty text), how many
+    and a few of them: they train on a placeholder, which a user should hear of without opening the manifest."""
+    lines = []
+    for modality, spec in manifest["modalities"].items():
+        failures = spec.get("failures") or {}
+        if failures:
+            some = "; ".join(f"{item}: {why}" for item, why in list(failures.items())[:shown])
+            lines.append(f"{modality}: {len(failures):,} item(s) encoded as placeholders, e.g. {some} "
+                         f"(all in {cache / MANIFEST})")
+    return lines
 
 
 def build_cache(data_dir: str | Path, cache_dir: str | Path, cfg, rebuild: bool = False,

@@ -296,6 +296,15 @@ class XSMoE(SequentialModel):
         return model
 
 
+def missing_modality(variant: str, modalities) -> str | None:
+    """The modality a one-modality variant (``visual``, ``textual``) reads when ``modalities`` lack it;
+    None for every other variant, or when it is there. Checked on the model, and before a run or a
+    sweep starts (``stream``, ``sweep_spec``)."""
+    spec = VARIANTS.get(variant)
+    needs = spec.modality if spec is not None else None
+    return needs if needs is not None and needs not in modalities else None
+
+
 def build_xsmoe(variant: str, *, text_dim: int | None, image_dim: int | None, n_groups: int, d_prime: int,
                 embed_dim: int, max_len: int, seq_blocks: int, seq_heads: int, dropout: float,
                 modalities: tuple[str, ...] = ("image", "text"), kd_weight: float = 1.0,
@@ -311,7 +320,7 @@ def build_xsmoe(variant: str, *, text_dim: int | None, image_dim: int | None, n_
     spec = VARIANTS[variant]
     sizes = {"image": image_dim, "text": text_dim}
     available = [m for m in MODALITIES if m in modalities]
-    if spec.modality is not None and spec.modality not in available:
+    if missing_modality(variant, available):
         raise ValueError(f"variant {variant!r} needs the {spec.modality!r} modality, which this dataset "
                          f"does not have (modalities: {available})")
     used = [spec.modality] if spec.modality is not None else available
